@@ -1,0 +1,84 @@
+"""TrainConfig: everything ``expertmesh expert train`` needs, validated field by field and saved beside the
+expert (manifest.training.config) so a run can be reproduced."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expertmesh.errors import ConfigError, DataError
+from expertmesh.expert.manifest import LoraSpec
+from expertmesh.validate import check_choice, check_float, check_int, check_name, check_str_list
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    owner: str
+    data: str                                  # corpus dir (train.jsonl/heldout.jsonl), .jsonl or .txt
+    out: str
+    heldout: str | None = None                 # default: <data>/heldout.jsonl for a corpus dir
+    base: str | None = None                    # model dir or "smollm2-135m-instruct" (default)
+    domain_tags: list[str] = field(default_factory=list)
+    licence: str = "unspecified"
+    description: str = ""
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    steps: int = 50
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 1e-3
+    router_lr: float = 1e-3
+    warmup_steps: int = 5
+    seed: int = 0
+    precision: str = "auto"                    # auto | bf16 | fp32 (bf16 = CPU autocast)
+    num_pilots: int = 8
+    embedder: str | None = None
+    eval_blocks: int = 32
+    checkpoint_every: int = 25
+    resume: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_name("name", self.name)
+        check_name("owner", self.owner)
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec(**self.lora)
+        self.domain_tags = [check_name("domain_tags[]", t) for t in check_str_list("domain_tags", self.domain_tags)]
+        check_int("steps", self.steps, lo=0, hi=1_000_000)
+        check_int("batch_size", self.batch_size, lo=1, hi=4096)
+        check_int("seq_len", self.seq_len, lo=8, hi=32768)
+        check_float("lr", self.lr, lo=0.0, lo_open=True, hi=1.0)
+        check_float("router_lr", self.router_lr, lo=0.0, hi=1.0)
+        check_int("warmup_steps", self.warmup_steps, lo=0)
+        check_int("seed", self.seed, lo=0)
+        check_choice("precision", self.precision, ["auto", "bf16", "fp32"])
+        check_int("num_pilots", self.num_pilots, lo=1, hi=1024)
+        check_int("eval_blocks", self.eval_blocks, lo=1)
+        check_int("checkpoint_every", self.checkpoint_every, lo=1)
+        if not Path(self.data).exists():
+            raise DataError(f"data={self.data!r} does not exist: give a corpus directory, a .jsonl or a .txt file")
+        if self.heldout is None and Path(self.data).is_dir() and (Path(self.data) / "heldout.jsonl").is_file():
+            self.heldout = str(Path(self.data) / "heldout.jsonl")
+        if self.heldout is not None and not Path(self.heldout).exists():
+            raise DataError(f"heldout={self.heldout!r} does not exist")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """What a checkpoint must agree with to be resumed (everything that changes the trained weights)."""
+        d = self.to_dict()
+        for k in ("out", "resume", "overwrite", "checkpoint_every", "eval_blocks", "description", "licence"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown train config fields {unknown}")
+        return cls(**d)

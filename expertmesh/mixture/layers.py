@@ -1,0 +1,77 @@
+"""MixtureLinear: a frozen base Linear plus the gate-weighted LoRA deltas of N stacked experts.
+
+Per module the experts' factors sit in two stacked matrices, so the mixture is two matmuls for any N:
+
+    xa = x @ A_cat                     A_cat [in, N*r]   (expert j's A^T in columns j*r..(j+1)*r)
+    xa = xa * w (broadcast per expert) w [B, T, N] gate weights from the layer's router
+    y  = W x + xa @ B_cat              B_cat [N*r, out]  (expert j's B^T * scaling_j in rows j*r..)
+
+Experts of lower rank are zero-padded to r = max rank; an expert that does not adapt this module has zero
+blocks. Padding adds exact zeros, so it changes no output.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MixtureLinear(nn.Module):
+    def __init__(self, base: nn.Linear, layer_idx: int, state: "object"):
+        super().__init__()
+        self.base = base
+        self.layer_idx = layer_idx
+        self.state = state
+        self.factors: list[tuple[torch.Tensor, torch.Tensor, float] | None] = []
+        self.dropout = 0.0
+        self._stacked: tuple[torch.Tensor, torch.Tensor, int] | None = None
+
+    def set_factors(self, factors: list[tuple[torch.Tensor, torch.Tensor, float] | None], dropout: float = 0.0):
+        """factors[j] = (A [r, in], B [out, r], scaling) of expert j, or None if j does not adapt this module."""
+        self.factors = factors
+        self.dropout = dropout
+        self._stacked = None
+
+    def _stack(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        live = any(f is not None and (f[0].requires_grad or f[1].requires_grad) for f in self.factors)
+        if self._stacked is not None and not live:
+            return self._stacked
+        present = [f for f in self.factors if f is not None]
+        if not present:
+            return None
+        r = max(a.shape[0] for a, _, _ in present)
+        n = len(self.factors)
+        a_blocks, b_blocks = [], []
+        for f in self.factors:
+            if f is None:
+                a_blocks.append(torch.zeros(r, self.base.in_features))
+                b_blocks.append(torch.zeros(self.base.out_features, r))
+                continue
+            a, b, scaling = f
+            pad = r - a.shape[0]
+            a_blocks.append(F.pad(a, (0, 0, 0, pad)))
+            b_blocks.append(F.pad(b * scaling, (0, pad)))
+        a_cat = torch.cat(a_blocks, 0).t()           # [in, N*r]
+        b_cat = torch.cat(b_blocks, 1).t()           # [N*r, out]
+        stacked = (a_cat, b_cat, r)
+        if not live:
+            self._stacked = (a_cat.contiguous(), b_cat.contiguous(), r)
+            return self._stacked
+        assert n * r == a_cat.shape[1]
+        return stacked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        w = self.state.expert_weights(self.layer_idx)
+        if w is None or not self.factors:
+            return y
+        stacked = self._stack()
+        if stacked is None:
+            return y
+        a_cat, b_cat, r = stacked
+        if self.training and self.dropout > 0:
+            x = F.dropout(x, p=self.dropout)
+        xa = x.to(a_cat.dtype) @ a_cat
+        lead = xa.shape[:-1]
+        xa = (xa.view(*lead, -1, r) * w.to(xa.dtype)[..., None]).view(*lead, -1)
+        return y + (xa @ b_cat).to(y.dtype)
