@@ -184,7 +184,7 @@ def _train_loop(cfg, composed, lora, row, blocks, progress, on_step) -> dict:
         loss.float().backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(round(float(loss), 4))
+        losses.append(round(float(loss.detach()), 4))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_step:
             on_step(step, losses[-1])
