@@ -6,6 +6,9 @@ from typing import Any, Callable, TypeVar
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from expertmesh.errors import IntegrityError
 
 from registry.auth import Principal
 from registry.context import Registry
@@ -29,9 +32,13 @@ async def handle_upload(request: Request, reg: Registry, principal: Principal, n
                         publish: Callable[[Registry, Principal, str, Path], T]) -> T:
     declared = check_declared_sha(request.headers.get(SHA_HEADER))
     await run_in_threadpool(precheck, reg, principal, name)   # refuse before reading a byte of the body
-    upload = await receive_upload(request.stream(), declared_sha=declared,
-                                  declared_length=request.headers.get("content-length"),
-                                  max_bytes=reg.settings.max_upload_bytes, scratch=reg.settings.scratch_dir)
+    try:
+        upload = await receive_upload(request.stream(), declared_sha=declared,
+                                      declared_length=request.headers.get("content-length"),
+                                      max_bytes=reg.settings.max_upload_bytes, scratch=reg.settings.scratch_dir)
+    except ClientDisconnect:
+        # receive_upload already removed the partial spool; the answer goes nowhere but keeps the log clean
+        raise IntegrityError("the client disconnected before the upload was complete; nothing was stored") from None
     try:
         return await run_in_threadpool(publish, reg, principal, name, upload)
     finally:

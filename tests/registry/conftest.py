@@ -172,6 +172,13 @@ class Api:
         assert r.status_code == 201, r.text
         return {"Authorization": f"Bearer {r.json()['token']}"}
 
+    def tolerant(self) -> "Api":
+        """The same app through a client that turns server errors into 500 answers (fault-injection tests)."""
+        from fastapi.testclient import TestClient
+
+        other = Api(TestClient(self.app, raise_server_exceptions=False), self.app)
+        return other
+
     def upload(self, path: str, body: bytes, headers: dict[str, str], sha: str | None = None):
         import hashlib
 
