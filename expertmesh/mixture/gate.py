@@ -36,8 +36,11 @@ def gate_weights(h: torch.Tensor, rows: torch.Tensor, *, top_k: int, temperature
     probs = torch.softmax(logits, dim=-1)
     k = min(top_k, probs.shape[-1])
     if k < probs.shape[-1]:
-        top, idx = probs.topk(k, dim=-1)
-        probs = torch.zeros_like(probs).scatter(-1, idx, top)
+        # A stable sort breaks ties by entry index (as the reference does); topk's tie order depends on the
+        # tensor's width, so with tied logits (e.g. h = 0 at a zero pad embedding) a masked column could change
+        # which allowed entry wins, and opt-out would no longer equal never-having-had the expert.
+        top, idx = probs.sort(dim=-1, descending=True, stable=True)
+        probs = torch.zeros_like(probs).scatter(-1, idx[..., :k], top[..., :k])
     return probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
 
 

@@ -1,0 +1,220 @@
+"""CompositionRuntime: a loaded composition over one frozen base, ready to plan, score and generate.
+
+    rt = CompositionRuntime.load("compositions/clinic", "experts/")        # experts/<member name>/ packages
+    plan = rt.plan(["What is the dose of aspirin?"], exclude=["law"])
+    out = rt.generate(["What is the dose of aspirin?"], max_new_tokens=32, plan=plan)
+    out[0].text, out[0].trace["gate_mass"]
+
+Live withdrawal is a mask change (``set_withdrawn``), exact by construction; ``remove_member`` drops a member's
+weights for good by rebuilding the mixture without it. Model calls are serialised by a lock, because the router
+state a forward pass reads (masks, trace) lives on the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from expertmesh.compose.plan import RoutingPlan, make_plan
+from expertmesh.compose.routers import get_router
+from expertmesh.compose.selector import PilotIndex
+from expertmesh.compose.spec import CompositionSpec, expert_digest, read_composition
+from expertmesh.errors import BaseMismatchError, ConfigError, PackageError, UnknownExpertError
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    trace: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_expert_dirs(members: list[str], expert_dirs: dict[str, Path] | str | Path) -> dict[str, Path]:
+    """Member name -> package dir; a single directory means one subdirectory per member name."""
+    if isinstance(expert_dirs, dict):
+        return {k: Path(v) for k, v in expert_dirs.items()}
+    root = Path(expert_dirs)
+    return {m: root / m for m in members if (root / m).is_dir()}
+
+
+class CompositionRuntime:
+    def __init__(self, spec: CompositionSpec, tensors: dict[str, torch.Tensor], base, experts: list, *,
+                 notes: list[str] | None = None):
+        if [e.name for e in experts] != spec.member_names:
+            raise ConfigError(f"experts {[e.name for e in experts]} do not match the members {spec.member_names}")
+        if base.fingerprint != spec.base_fingerprint:
+            raise BaseMismatchError(f"composition {spec.ref} was built for base {spec.base_fingerprint[:12]}, "
+                                    f"not for the base in use ({base.fingerprint[:12]})")
+        self.spec, self.tensors, self.base, self.experts = spec, tensors, base, list(experts)
+        self.router = get_router(spec.router_type)
+        self.model = self.router.build_model(base, self.experts, spec, tensors)
+        self.withdrawn: set[str] = set()
+        self.notes = list(notes or [])           # load-time notes (e.g. members dropped because missing)
+        self._index = self._make_index()
+        self._lock = threading.RLock()
+
+    # -- loading --------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, composition_dir: str | Path, expert_dirs: dict[str, Path] | str | Path, base=None, *,
+             missing: str = "error") -> "CompositionRuntime":
+        """Verify and load a composition and its member experts onto ``base`` (default: the base in provenance).
+
+        missing="error" refuses a member with no package; missing="drop" builds the composition without it,
+        which the opt-out property makes equal to a composition that never had it."""
+        from expertmesh.base import load_base
+        from expertmesh.mixture.lora_io import load_expert
+
+        spec, tensors = read_composition(composition_dir)
+        if base is None:
+            base = load_base(spec.provenance.get("base"))
+        if base.fingerprint != spec.base_fingerprint:
+            raise BaseMismatchError(f"composition {spec.ref} was built for base {spec.base_fingerprint[:12]}, "
+                                    f"not for the base in use ({base.fingerprint[:12]})")
+        dirs = resolve_expert_dirs(spec.member_names, expert_dirs)
+        absent = [m for m in spec.member_names if m not in dirs or not Path(dirs[m]).is_dir()]
+        notes = []
+        if absent and missing != "drop":
+            raise PackageError(f"no expert package for members {absent} of composition {spec.ref}; "
+                               "pull them or load with missing='drop'", detail={"missing": absent})
+        if absent:
+            spec, tensors = drop_members(spec, tensors, absent)
+            notes.append(f"members {absent} were not available and are not part of this runtime")
+        experts = []
+        for m in spec.members:
+            e = load_expert(dirs[m.name], expected_fingerprint=base.fingerprint, name=m.name)
+            if m.digest and expert_digest(e.manifest) != m.digest:
+                raise PackageError(f"expert package {dirs[m.name]} is not the version of {m.name!r} this composition "
+                                   f"was built for ({m.ref}, digest {m.digest[:12]})")
+            experts.append(e)
+        return cls(spec, tensors, base, experts, notes=notes)
+
+    def _make_index(self) -> PilotIndex | None:
+        if "pilots" not in self.tensors or len(self.tensors["pilots"]) == 0:
+            return None
+        return PilotIndex(self.tensors["pilots"].numpy(), self.tensors["pilot_owner"].numpy(), len(self.experts))
+
+    # -- membership and withdrawal ----------------------------------------------------------------------
+    @property
+    def member_names(self) -> list[str]:
+        return self.spec.member_names
+
+    def set_withdrawn(self, names: Iterable[str]) -> set[str]:
+        """Replace the set of owner-withdrawn members (names outside the composition are ignored); returns it."""
+        self.withdrawn = {n for n in names if n in self.member_names}
+        return set(self.withdrawn)
+
+    def remove_member(self, name: str) -> None:
+        """Drop a member's weights and rows for good (rebuilds the mixture on the same base)."""
+        if name not in self.member_names:
+            raise UnknownExpertError(f"unknown expert {name!r}; this composition has {self.member_names}")
+        with self._lock:
+            spec, tensors = drop_members(self.spec, self.tensors, [name], router=self.router)
+            experts = [e for e in self.experts if e.name != name]
+            self.model.close()
+            self.spec, self.tensors, self.experts = spec, tensors, experts
+            self.model = self.router.build_model(self.base, experts, spec, tensors)
+            self.withdrawn.discard(name)
+            self._index = self._make_index()
+
+    def close(self) -> None:
+        with self._lock:
+            self.model.close()
+
+    # -- routing -----------------------------------------------------------------------------------------
+    def embed(self, texts: list[str]):
+        from expertmesh.embedder import get_embedder
+
+        return get_embedder(self.spec.embedder).embed(texts)
+
+    def plan(self, prompts: list[str], *, include=None, exclude=None, tags=None, exclude_tags=None, licences=None,
+             withdrawn: Iterable[str] = frozenset(), embeddings=None) -> RoutingPlan:
+        """Routing plan for a batch of prompts (the prompt is embedded once, only if the retriever runs)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return make_plan(self.spec, list(prompts), index=self._index, embed=self.embed, embeddings=embeddings,
+                         withdrawn=self.withdrawn | set(withdrawn), include=include, exclude=exclude, tags=tags,
+                         exclude_tags=exclude_tags, licences=licences)
+
+    def _default_plan(self, input_ids: torch.Tensor) -> RoutingPlan:
+        prompts = self.base.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        return self.plan(prompts)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                plan: RoutingPlan | None = None, *, labels: torch.Tensor | None = None, trace: bool = False):
+        """The composed model's output (``.logits``, ``.loss`` with labels) under ``plan``."""
+        plan = (plan or self._default_plan(input_ids)).expand(input_ids.shape[0])
+        self._check_plan(plan)
+        with self._lock, torch.inference_mode():
+            return self.model(input_ids, attention_mask, labels, allowed=plan.allowed,
+                              fixed_weights=plan.fixed_weights, trace=trace)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               plan: RoutingPlan | None = None) -> torch.Tensor:
+        return self.forward(input_ids, attention_mask, plan).logits
+
+    def last_trace(self, plan: RoutingPlan | None = None, b: int = 0, *, per_layer: bool = False) -> dict[str, Any]:
+        """Trace of request ``b`` of the last traced call: plan facts plus mean gate mass per entry."""
+        t = self.model.last_trace
+        out: dict[str, Any] = plan.row(b) if plan is not None else {}
+        if t is not None:
+            out["gate_mass"] = t.row(b)
+            if per_layer:
+                out["per_layer"] = [{n: round(float(t.per_layer[layer, b, e]), 6) for e, n in enumerate(t.entries)}
+                                    for layer in range(t.per_layer.shape[0])]
+        return out
+
+    def _check_plan(self, plan: RoutingPlan) -> None:
+        if plan.members != self.member_names:
+            raise ConfigError("this routing plan was made for another member list; make a new plan after "
+                              "remove_member")
+
+    # -- generation ----------------------------------------------------------------------------------------
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+                 plan: RoutingPlan | None = None, trace: bool = True, per_layer: bool = False,
+                 seed: int | None = None) -> list[Generation]:
+        """Batched generation; temperature 0 is greedy. Each Generation's trace says who answered."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tok = self.base.tokenizer
+        plan = (plan or self.plan(prompts)).expand(len(prompts))
+        self._check_plan(plan)
+        side = tok.padding_side
+        tok.padding_side = "left"                     # generation continues from the last real token
+        try:
+            enc = tok(list(prompts), return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = side
+        kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id}
+        if temperature > 0:
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self._lock:
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(enc["input_ids"], enc["attention_mask"], allowed=plan.allowed,
+                                      fixed_weights=plan.fixed_weights, trace=trace, **kw)
+            gens = []
+            for b in range(len(prompts)):
+                ids = out[b, enc["input_ids"].shape[1]:].tolist()
+                if tok.eos_token_id in ids:
+                    ids = ids[:ids.index(tok.eos_token_id)]
+                gens.append(Generation(text=tok.decode(ids, skip_special_tokens=True), token_ids=ids,
+                                       trace=self.last_trace(plan, b, per_layer=per_layer) if trace else {}))
+        return gens
+
+
+def drop_members(spec: CompositionSpec, tensors: dict, names: list[str], *, router=None):
+    """(spec, tensors) of the composition without ``names`` (what a composition built without them holds)."""
+    router = router or get_router(spec.router_type)
+    keep = [j for j, n in enumerate(spec.member_names) if n not in set(names)]
+    if not keep:
+        raise ConfigError(f"dropping {names} would leave composition {spec.ref} without members")
+    new_spec = dataclasses.replace(spec, members=[spec.members[j] for j in keep], version=None, files={},
+                                   provenance={**spec.provenance, "dropped": sorted(
+                                       set(spec.provenance.get("dropped", [])) | set(names))})
+    return new_spec, router.subset_tensors(tensors, keep)
