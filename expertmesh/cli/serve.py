@@ -1,0 +1,67 @@
+"""``expertmesh serve``: the OpenAI-compatible inference server over a composition."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("serve")
+@click.option("--composition", required=True,
+              help="Registry composition name (pulled, kept live), or a local composition directory.")
+@click.option("--experts", "experts_dir", type=click.Path(), default=None,
+              help="Local mode: directory with one package per member (default: <composition>/../experts).")
+@click.option("--registry", "registry_url", default=None,
+              help="Registry URL (default: EXPERTMESH_REGISTRY_URL or `expertmesh login`). With a local "
+                   "directory it is polled for withdrawals only.")
+@click.option("--token", "registry_token", default=None, help="Registry token (default: EXPERTMESH_TOKEN / login).")
+@click.option("--base", default=None, help="Base model dir or 'smollm2-135m-instruct' (default).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--model-name", default=None, help="Model id in /v1/models (default: the composition's name).")
+@click.option("--max-batch", default=8, show_default=True, type=int, help="Rows in one forward.")
+@click.option("--max-resident", "max_resident_experts", default=64, show_default=True, type=int,
+              help="Expert weights kept in memory; least recently used ones are evicted and reloaded.")
+@click.option("--max-context", default=2048, show_default=True, type=int, help="Prompt + completion tokens.")
+@click.option("--max-tokens-limit", default=1024, show_default=True, type=int)
+@click.option("--poll-interval", "poll_interval_s", default=0.5, show_default=True, type=float,
+              help="Registry revision poll in seconds (<= 1; withdrawal applies within ~interval + one step).")
+@click.option("--top-k", default=None, type=int, help="Override the composition's top-k.")
+@click.option("--cache-dir", type=click.Path(), default=None,
+              help="Where pulled compositions/experts are kept (default: ~/.cache/expertmesh/serving).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(composition, experts_dir, registry_url, registry_token, base, dtype, host, port, model_name, max_batch,
+          max_resident_experts, max_context, max_tokens_limit, poll_interval_s, top_k, cache_dir, log_level) -> None:
+    """Serve a composition: /v1/models, /v1/completions, /v1/chat/completions (streaming), /metrics.
+
+    Requests may add "experts": {"include", "exclude", "tags", "exclude_tags"} and "return_routing": true.
+    An owner's withdrawal in the registry applies within ~1 s, without a restart.
+
+    Example: expertmesh serve --composition clinic --registry http://127.0.0.1:8100 --port 8000
+
+    Tiny CPU variant: expertmesh serve --composition runs/tiny/composition --experts runs/tiny/experts
+    --base runs/tiny/base   (then: curl 127.0.0.1:8000/v1/models)
+    """
+    import logging
+
+    import uvicorn
+
+    from expertmesh.serving.app import create_app
+    from expertmesh.serving.launch import build_server
+    from expertmesh.serving.settings import ServeSettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServeSettings.from_env(
+        composition=composition, registry_url=registry_url, registry_token=registry_token, base=base, dtype=dtype,
+        host=host, port=port, model_name=model_name, max_batch=max_batch,
+        max_resident_experts=max_resident_experts, max_context=max_context, max_tokens_limit=max_tokens_limit,
+        default_max_tokens=min(128, max_tokens_limit), poll_interval_s=poll_interval_s, top_k=top_k)
+    engine, watcher = build_server(settings, experts_dir=experts_dir, cache_dir=cache_dir)
+    comp = engine.comp
+    click.echo(f"serving {comp.name} (version {comp.version}, members {comp.members}) on http://{host}:{port}/v1",
+               err=True)
+    uvicorn.run(create_app(settings, engine, watcher=watcher), host=host, port=port, log_level=log_level)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve)

@@ -1,0 +1,415 @@
+"""The OpenAI-compatible HTTP API: ``create_app(settings, engine)``; no module-level engine.
+
+    GET  /v1/models, /v1/models/{id}      the composition as one model (+ its members, tags, withdrawn)
+    POST /v1/completions                  OpenAI completions (prompt: str | [str] | [int] | [[int]])
+    POST /v1/chat/completions             OpenAI chat (the tokenizer's chat template)
+    GET  /healthz  (alive)   /readyz  (engine running; registry fresh)   /metrics  (Prometheus)
+
+Streaming is server-sent events exactly as the openai client reads them: ``data: {chunk}\\n\\n`` ... then
+``data: [DONE]\\n\\n``; an error after the stream started is one ``data: {"error": {...}}`` event.
+Every error leaves through ``error_response``: one mapping from the error tree to a status and the body
+``{"error": {"code", "message", "detail"}}`` (request-validation and routing errors included).
+
+Run it: ``expertmesh serve --composition NAME|DIR`` (see expertmesh/cli/serve.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+import weakref
+from typing import Annotated, Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from expertmesh.errors import (
+    AuthenticationError, ConflictError, ExpertMeshError, ExpertWithdrawnError, InvalidInputError, NotFoundError,
+    PayloadTooLargeError, PermissionDeniedError, RemoteError, UnknownExpertError,
+)
+from expertmesh.serving.engine import Engine
+from expertmesh.serving.errors import ModelNotFoundError, NotReadyError, OverloadedError, RequestTimeoutError
+from expertmesh.serving.metrics import ServingMetrics
+from expertmesh.serving.requests import Event, GenerationRequest
+from expertmesh.serving.sampling import SamplingParams
+from expertmesh.serving.schemas import ChatCompletionRequest, CompletionRequest, _Common
+from expertmesh.serving.settings import ServeSettings
+
+log = logging.getLogger("expertmesh.serving")
+
+# Most specific class first wins (looked up along the exception's MRO).
+STATUS_BY_ERROR: dict[type[ExpertMeshError], int] = {
+    UnknownExpertError: 400,          # a request field naming no member: a bad request, not a missing URL
+    PayloadTooLargeError: 413,
+    InvalidInputError: 400,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    NotFoundError: 404,
+    ConflictError: 409,
+    ExpertWithdrawnError: 410,
+    RemoteError: 502,
+    OverloadedError: 503,
+    NotReadyError: 503,
+    RequestTimeoutError: 504,
+    ExpertMeshError: 500,
+}
+
+
+def status_for(exc: ExpertMeshError) -> int:
+    return next((STATUS_BY_ERROR[c] for c in type(exc).__mro__ if c in STATUS_BY_ERROR), 500)
+
+
+def as_library_error(exc: Exception) -> ExpertMeshError:
+    """Anything raised while serving, as an error of the one tree."""
+    if isinstance(exc, ExpertMeshError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request", "type": ""}
+        if first["type"] == "json_invalid":
+            return InvalidInputError(f"the request body is not valid JSON ({first['msg']}); send a JSON object",
+                                     detail={"field": "body", "errors": errors})
+        where = ".".join(first["loc"][1:]) or "body"
+        return InvalidInputError(f"{where}: {first['msg']}", detail={"field": where, "errors": errors})
+    if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 404:
+            return NotFoundError("no such endpoint; see /docs")
+        err = InvalidInputError(str(exc.detail)) if exc.status_code < 500 else ExpertMeshError(str(exc.detail))
+        err.code = "method_not_allowed" if exc.status_code == 405 else f"http_{exc.status_code}"
+        err.status = exc.status_code
+        return err
+    err = ExpertMeshError(f"internal error ({type(exc).__name__}); see the server log")
+    err.code = "internal_error"
+    return err
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    err = as_library_error(exc)
+    status = getattr(err, "status", None) or status_for(err)
+    if status >= 500:
+        log.error("serving error %s: %s", err.code, err.message, exc_info=not isinstance(exc, ExpertMeshError))
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(err.to_body(), status_code=status, headers=headers)
+
+
+def _install_error_handler(app: FastAPI) -> None:
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    for cls in (ExpertMeshError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(cls, handle)
+
+
+# -- dependencies ---------------------------------------------------------------------------------------------
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def get_settings(request: Request) -> ServeSettings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> ServingMetrics:
+    return request.app.state.metrics
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
+MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
+
+
+def create_app(settings: ServeSettings, engine: Engine, *, watcher=None) -> FastAPI:
+    """The app owns the lifecycle of what it is given: it starts ``engine`` (and ``watcher``) and stops them."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        if watcher is not None:
+            watcher.start()
+        log.info("serving %s on %s:%s", model_id(settings, engine), settings.host, settings.port)
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            engine.stop()
+
+    app = FastAPI(title="expertmesh inference", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible API over a composition of LoRA experts, with per-request "
+                              "opt-in/opt-out, routing traces and live owner withdrawal.")
+    app.state.settings, app.state.engine, app.state.watcher = settings, engine, watcher
+    app.state.metrics = ServingMetrics(weakref.ref(engine))
+    _install_error_handler(app)
+
+    @app.middleware("http")
+    async def count_and_limit(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
+            response = error_response(PayloadTooLargeError(
+                f"request body of {size} bytes exceeds the limit of {settings.max_body_bytes}"))
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")      # the route template, so label values stay few
+        app.state.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    _add_routes(app)
+    return app
+
+
+def model_id(settings: ServeSettings, engine: Engine) -> str:
+    return settings.model_name or engine.comp.name
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(request: Request, engine: EngineDep) -> JSONResponse:
+        watcher = request.app.state.watcher
+        reg = watcher.status() if watcher is not None else {"configured": False}
+        ok = engine.ready and not reg.get("stale", False)
+        body = {"status": "ready" if ok else "not_ready", "engine": {k: engine.stats()[k] for k in
+                ("ready", "running", "waiting", "epoch", "withdrawn", "fail_closed")}, "registry": reg}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    def metrics(m: MetricsDep) -> Response:
+        return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    def list_models(engine: EngineDep, settings: SettingsDep) -> dict:
+        return {"object": "list", "data": [_model_card(settings, engine)]}
+
+    @app.get("/v1/models/{mid:path}")
+    def get_model(mid: str, engine: EngineDep, settings: SettingsDep) -> dict:
+        _check_model(settings, engine, mid)
+        return _model_card(settings, engine)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, engine: EngineDep, settings: SettingsDep, m: MetricsDep):
+        body.check_supported()
+        _check_model(settings, engine, body.model)
+        reqs = [_build(engine, settings, p, body, body.max_tokens, chat=False) for p in body.prompts()]
+        return await _serve(engine, settings, m, reqs, body, _CompletionFormat(model_id(settings, engine)))
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, engine: EngineDep, settings: SettingsDep, m: MetricsDep):
+        body.check_supported()
+        _check_model(settings, engine, body.model)
+        text = engine.comp.chat_prompt([msg.as_template_dict() for msg in body.messages])
+        reqs = [_build(engine, settings, text, body, body.effective_max_tokens(), chat=True)]
+        return await _serve(engine, settings, m, reqs, body, _ChatFormat(model_id(settings, engine)))
+
+
+def _model_card(settings: ServeSettings, engine: Engine) -> dict:
+    comp = engine.comp
+    withdrawn = engine.withdrawn
+    return {"id": model_id(settings, engine), "object": "model", "created": 0, "owned_by": "expertmesh",
+            "composition": {"name": comp.name, "version": comp.version, "top_k": comp.top_k,
+                            "experts": [{"name": n, "tags": comp.tags.get(n, []),
+                                         "status": "withdrawn" if n in withdrawn else "active"}
+                                        for n in comp.members]}}
+
+
+def _check_model(settings: ServeSettings, engine: Engine, name: str) -> None:
+    mid = model_id(settings, engine)
+    if name != mid:
+        raise ModelNotFoundError(f"model {name!r} is not served here; this server serves {mid!r}",
+                                 detail={"field": "model", "available": [mid]})
+
+
+def _build(engine: Engine, settings: ServeSettings, prompt, body: _Common, max_tokens: int | None, *,
+           chat: bool) -> GenerationRequest:
+    comp = engine.comp
+    if isinstance(prompt, str):
+        text, ids = prompt, comp.encode(prompt, add_special_tokens=not chat)
+    else:
+        bad = [t for t in prompt if not 0 <= t < comp.vocab_size]
+        if bad:
+            raise InvalidInputError(f"prompt holds token ids outside [0, {comp.vocab_size}): {bad[:5]}",
+                                    detail={"field": "prompt"})
+        text, ids = comp.decode(prompt), list(prompt)
+    if max_tokens is None:
+        max_tokens = max(1, min(settings.default_max_tokens, settings.max_context - len(ids)))
+    elif max_tokens > settings.max_tokens_limit:
+        raise InvalidInputError(f"max_tokens={max_tokens} exceeds this server's limit of "
+                                f"{settings.max_tokens_limit}", detail={"field": "max_tokens"})
+    params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                            stop=body.stop_list(), ignore_eos=body.ignore_eos)
+    return GenerationRequest(text, ids, params, body.selection(), trace_tokens=body.return_routing == "tokens")
+
+
+# -- running requests ---------------------------------------------------------------------------------------
+class _State:
+    """What came back for each request (choice) so far."""
+
+    def __init__(self, n: int):
+        self.started = [False] * n
+        self.text = [""] * n
+        self.done: list[dict | None] = [None] * n
+
+    def add(self, i: int, ev: Event) -> None:
+        if ev.kind == "error":
+            raise ev.error
+        if ev.kind == "start":
+            self.started[i] = True
+        elif ev.kind == "delta":
+            self.text[i] += ev.data["text"]
+        elif ev.kind == "done":
+            self.done[i] = ev.data
+
+    @property
+    def all_started(self) -> bool:
+        return all(self.started)
+
+    @property
+    def all_done(self) -> bool:
+        return all(d is not None for d in self.done)
+
+    def usage(self) -> dict:
+        p = sum(d["usage"]["prompt_tokens"] for d in self.done if d)
+        c = sum(d["usage"]["completion_tokens"] for d in self.done if d)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+async def _serve(engine: Engine, settings: ServeSettings, metrics: ServingMetrics, reqs: list[GenerationRequest],
+                 body: _Common, fmt: "_Format"):
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+    handles = []
+
+    def sink_for(i: int):
+        return lambda ev: loop.call_soon_threadsafe(q.put_nowait, (i, ev))
+
+    async def next_event() -> tuple[int, Event]:
+        try:
+            return await asyncio.wait_for(q.get(), settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(f"no token within {settings.request_timeout_s} s") from None
+
+    state = _State(len(reqs))
+    early: list[tuple[int, Event]] = []
+    try:
+        for i, r in enumerate(reqs):
+            handles.append(engine.submit(r, sink_for(i)))
+        while not state.all_started:          # refusals (e.g. a withdrawn include) become 4xx, not a stream
+            i, ev = await next_event()
+            state.add(i, ev)
+            early.append((i, ev))
+        if not body.stream:
+            while not state.all_done:
+                i, ev = await next_event()
+                state.add(i, ev)
+    except BaseException:
+        for h in handles:
+            h.cancel()
+        raise
+    if not body.stream:
+        for d in state.done:
+            metrics.observe_done(fmt.endpoint, d)
+        return JSONResponse(fmt.full(state, body.return_routing))
+    return StreamingResponse(_stream(q, early, state, handles, body, fmt, metrics, next_event),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _stream(q, early, state: _State, handles, body: _Common, fmt: "_Format", metrics, next_event):
+    def sse(obj: Any) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    try:
+        for i in range(len(handles)):
+            first = fmt.first_chunk(i)
+            if first is not None:
+                yield sse(first)
+        pending = list(early)
+        while True:
+            if pending:
+                i, ev = pending.pop(0)
+            elif state.all_done:
+                break
+            else:
+                i, ev = await next_event()
+                state.add(i, ev)
+            if ev.kind == "delta":
+                yield sse(fmt.delta_chunk(i, ev.data["text"]))
+            elif ev.kind == "done":
+                metrics.observe_done(fmt.endpoint, ev.data)
+                yield sse(fmt.final_chunk(i, ev.data, body.return_routing))
+        if body.include_usage:
+            yield sse({**fmt.header("chunk"), "choices": [], "usage": state.usage()})
+        yield "data: [DONE]\n\n"
+    except ExpertMeshError as e:
+        yield sse(e.to_body())
+    finally:
+        for h in handles:
+            h.cancel()
+
+
+class _Format:
+    endpoint = ""
+
+    def __init__(self, model: str):
+        self.model = model
+        self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def header(self, kind: str) -> dict:
+        return {"id": self.id, "object": self.objects[kind], "created": self.created, "model": self.model}
+
+    def full(self, state: _State, return_routing) -> dict:
+        choices = [self.choice(i, state.text[i], d) for i, d in enumerate(state.done)]
+        out = {**self.header("full"), "choices": choices, "usage": state.usage()}
+        if return_routing:
+            for c, d in zip(choices, state.done):
+                c["routing"] = d["routing"]
+            out["routing"] = choices[0]["routing"] if len(choices) == 1 else [c["routing"] for c in choices]
+        return out
+
+    def final_chunk(self, i: int, done: dict, return_routing) -> dict:
+        out = {**self.header("chunk"), "choices": [self.chunk_choice(i, None, done["finish_reason"])]}
+        if return_routing:
+            out["routing"] = done["routing"]
+        return out
+
+    def delta_chunk(self, i: int, text: str) -> dict:
+        return {**self.header("chunk"), "choices": [self.chunk_choice(i, text, None)]}
+
+    def first_chunk(self, i: int) -> dict | None:
+        return None
+
+
+class _CompletionFormat(_Format):
+    prefix, endpoint = "cmpl", "/v1/completions"
+    objects = {"full": "text_completion", "chunk": "text_completion"}
+
+    def choice(self, i: int, text: str, done: dict) -> dict:
+        return {"index": i, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}
+
+    def chunk_choice(self, i: int, text: str | None, finish: str | None) -> dict:
+        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+
+class _ChatFormat(_Format):
+    prefix, endpoint = "chatcmpl", "/v1/chat/completions"
+    objects = {"full": "chat.completion", "chunk": "chat.completion.chunk"}
+
+    def choice(self, i: int, text: str, done: dict) -> dict:
+        return {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": done["finish_reason"]}
+
+    def chunk_choice(self, i: int, text: str | None, finish: str | None) -> dict:
+        return {"index": i, "delta": {} if text is None else {"content": text}, "logprobs": None,
+                "finish_reason": finish}
+
+    def first_chunk(self, i: int) -> dict:
+        return {**self.header("chunk"), "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                     "logprobs": None, "finish_reason": None}]}

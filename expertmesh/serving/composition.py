@@ -1,0 +1,157 @@
+"""ServedComposition: what the engine needs from a composition, over a ``CompositionRuntime``.
+
+    model        the runtime's ComposedModel (wraps the shared frozen base in place)
+    tokenizer    the base's tokenizer (guarded by ``tokenizer_lock``: fast tokenizers are not re-entrant)
+    members      expert names in gate order; ``tags[name]``; ``expert_dirs[name]`` (to reload evicted weights)
+    plan_row()   one request's selection -> RowPlan (allowed names, optional sequence weights, candidates, notes)
+
+Selection semantics are the runtime's (expertmesh.compose.plan): unknown names are errors, a withdrawn
+member is left out with a note, a request that leaves no expert is answered by the public base (noted).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expertmesh.errors import UnknownExpertError
+
+
+@dataclass
+class Selection:
+    include: list[str] | None = None          # None: every member; []: none
+    exclude: list[str] = field(default_factory=list)
+    tags: list[str] | None = None             # None: no tag filter
+    exclude_tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RowPlan:
+    allowed: frozenset[str]
+    candidates: list[str]
+    notes: list[str]
+    fixed: dict[str, float] | None = None     # sequence-level weights by entry ("public" + members), if any
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+class ServedComposition:
+    def __init__(self, runtime, *, name: str | None = None, version: str | None = None,
+                 expert_dirs: dict[str, Path] | None = None, info: dict | None = None):
+        self.runtime = runtime
+        spec = runtime.spec
+        self.name = name or spec.name
+        self.version = version if version is not None else (str(spec.version) if spec.version else None)
+        self.tokenizer = runtime.base.tokenizer
+        self.fingerprint = runtime.base.fingerprint
+        self.tags: dict[str, list[str]] = {m.name: list(m.domain_tags) for m in spec.members}
+        self.expert_dirs = {k: Path(v) for k, v in (expert_dirs or {}).items()}
+        self.info = {"router_type": spec.router_type, "selection": spec.selection, **(info or {})}
+        self.tokenizer_lock = threading.Lock()
+
+    # -- the model ---------------------------------------------------------------------------------------
+    @property
+    def model(self):
+        return self.runtime.model
+
+    @property
+    def members(self) -> list[str]:
+        return list(self.runtime.member_names)
+
+    @property
+    def top_k(self) -> int:
+        return int(self.model.router.top_k)
+
+    def set_top_k(self, k: int) -> None:
+        self.model.router.top_k = k
+
+    def set_withdrawn(self, names: set[str]) -> None:
+        self.runtime.set_withdrawn(names)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    # -- planning ------------------------------------------------------------------------------------------
+    def check_names(self, sel: Selection) -> None:
+        """Unknown names are errors (cheap; runs at submit so the HTTP layer answers 400 at once)."""
+        known = self.members
+        for field_name, names in (("include", sel.include or []), ("exclude", sel.exclude)):
+            bad = [n for n in names if n not in known]
+            if bad:
+                raise UnknownExpertError(
+                    f"experts.{field_name} names unknown expert(s) {bad}; this composition has {sorted(known)}",
+                    detail={"field": f"experts.{field_name}", "unknown": bad, "members": sorted(known)})
+
+    def plan_row(self, prompt: str, sel: Selection, withdrawn: set[str]) -> RowPlan:
+        self.check_names(sel)
+        plan = self.runtime.plan([prompt], include=sel.include, exclude=sel.exclude or None, tags=sel.tags,
+                                 exclude_tags=sel.exclude_tags or None, withdrawn=set(withdrawn))
+        members = plan.members
+        allowed = frozenset(n for j, n in enumerate(members) if bool(plan.allowed[0, j]))
+        fixed = None
+        if plan.fixed_weights is not None:
+            w = plan.fixed_weights[0].tolist()
+            fixed = {"public": float(w[0]), **{n: float(w[j + 1]) for j, n in enumerate(members)}}
+        return RowPlan(allowed=allowed, candidates=list(plan.candidates[0]), notes=list(plan.notes[0]),
+                       fixed=fixed, scores=dict(plan.scores[0]))
+
+    # -- text ------------------------------------------------------------------------------------------------
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Completions add the tokenizer's special tokens (as HF and vLLM do); chat prompts already hold them."""
+        with self.tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        with self.tokenizer_lock:
+            if getattr(self.tokenizer, "chat_template", None):
+                return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # a base without a chat template (the tiny test models): a plain, documented fallback
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.base_model.config.vocab_size)
+
+    def eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        cfg = getattr(self.model.base_model, "generation_config", None)
+        for src in (getattr(cfg, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, (list, tuple)):
+                ids.update(int(i) for i in src)
+        return ids
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "members": self.members, "tags": self.tags,
+                "top_k": self.top_k, **self.info}
+
+
+def load_served(composition_dir: str | Path, expert_dirs, base, *, name: str | None = None,
+                version: str | None = None, missing: str = "error") -> ServedComposition:
+    """A stored composition package plus its members' packages (a dict, or one dir with a subdir per member).
+    ``missing="drop"`` serves without members that have no package (withdrawn before the server started)."""
+    from expertmesh.compose.runtime import CompositionRuntime, resolve_expert_dirs
+    from expertmesh.compose.spec import read_composition
+
+    spec, _ = read_composition(composition_dir)
+    dirs = resolve_expert_dirs(spec.member_names, expert_dirs)
+    runtime = CompositionRuntime.load(composition_dir, dirs, base, missing=missing)
+    return ServedComposition(runtime, name=name, version=version if version is not None else
+                             (str(spec.version) if spec.version else None), expert_dirs=dirs,
+                             info={"source": str(composition_dir), "load_notes": list(runtime.notes)})
+
+
+def from_expert_dirs(name: str, base, expert_dirs: dict[str, Path], *, router_type: str = "domain",
+                     top_k: int = 2, **options) -> ServedComposition:
+    """A composition built in memory from expert packages (no stored composition; tests, local experiments)."""
+    from expertmesh.compose.build import build_composition, load_members
+    from expertmesh.compose.runtime import CompositionRuntime
+
+    spec, tensors = build_composition(name, expert_dirs, router_type, base=base, top_k=top_k, **options)
+    experts = load_members(expert_dirs, base.fingerprint)
+    runtime = CompositionRuntime(spec, tensors, base, experts)
+    return ServedComposition(runtime, name=name, expert_dirs=expert_dirs, info={"source": "expert packages"})

@@ -1,0 +1,93 @@
+"""Assemble a server from settings: base, composition (registry or local), engine, watcher, app.
+
+    engine, watcher = build_server(settings)              # loads the base once, pulls what is needed
+    app = create_app(settings, engine, watcher=watcher)   # expertmesh.serving.app
+
+Two modes:
+  registry  ``composition`` is a name: the latest version and its active members are pulled (verified,
+            cached under ``cache_dir``); the watcher applies withdrawals and loads new versions live.
+  local     ``composition`` is a directory; members come from ``experts_dir`` (one subdirectory per
+            member). With ``registry_url`` the members' status is still polled, so withdrawals apply.
+Before serving, one synchronous poll fixes the withdrawn set, so the first request already honours it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from expertmesh.errors import ConfigError
+from expertmesh.serving.composition import load_served
+from expertmesh.serving.engine import Engine
+from expertmesh.serving.settings import ServeSettings
+from expertmesh.serving.watcher import Watcher
+
+log = logging.getLogger("expertmesh.serving")
+
+
+def default_cache_dir() -> Path:
+    from expertmesh.base import cache_root
+
+    return cache_root() / "serving"
+
+
+def build_server(settings: ServeSettings, *, experts_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None, base=None, client=None) -> tuple[Engine, Watcher | None]:
+    from expertmesh.base import load_base
+
+    if not settings.composition:
+        raise ConfigError("composition is required: a registry composition name or a local composition directory")
+    base = base or load_base(settings.base, dtype=settings.dtype)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    local = Path(settings.composition).expanduser()
+    if local.is_dir():
+        engine, source, prepare = _local(settings, local, experts_dir, base, client)
+    else:
+        engine, source, prepare = _registry(settings, cache, base, client)
+    watcher = None
+    if source is not None:
+        watcher = Watcher(source, engine, interval_s=settings.poll_interval_s,
+                          stale_after_s=settings.stale_after_s, prepare=prepare)
+        watcher.poll_once()       # the withdrawn set is known before the first request
+    return engine, watcher
+
+
+def _client(settings: ServeSettings, client):
+    if client is not None:
+        return client
+    from clients.registry_client import RegistryClient
+
+    return RegistryClient.from_config(settings.registry_url, settings.registry_token, timeout=30.0)
+
+
+def _local(settings: ServeSettings, path: Path, experts_dir, base, client):
+    from expertmesh.compose.spec import read_composition
+
+    experts = Path(experts_dir) if experts_dir else path.parent / "experts"
+    if not experts.is_dir():
+        raise ConfigError(f"no expert directory {experts}: pass --experts DIR (one subdirectory per member)")
+
+    def builder():
+        return load_served(path, experts, base)
+
+    engine = Engine(builder(), settings, builder=builder)
+    if not settings.registry_url and client is None:
+        log.warning("no registry: serving %s without live withdrawal", path)
+        return engine, None, None
+    from expertmesh.serving.registry_source import MemberSource
+
+    spec, _ = read_composition(path)
+    return engine, MemberSource(_client(settings, client), {m.name: m.version for m in spec.members}), None
+
+
+def _registry(settings: ServeSettings, cache: Path, base, client):
+    from expertmesh.serving.registry_source import CompositionSource, pull_composition, registry_builder
+
+    client = _client(settings, client)
+    name = settings.composition
+    comp_dir, dirs, info = pull_composition(client, name, None, cache, base.fingerprint)
+
+    def builder():
+        return load_served(comp_dir, dirs, base, name=name, version=str(info.version), missing="drop")
+
+    engine = Engine(builder(), settings, builder=builder)
+    return engine, CompositionSource(client, name), registry_builder(client, name, cache, base)
