@@ -49,7 +49,7 @@ def get_version(name: str, version: str, reg: RegistryDep, principal: PrincipalD
 @router.get("/{name}/versions/{version}/archive", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-tar": {}},
                              "description": "the composition as a tar; X-Document-SHA256 is composition.json's"}})
-def download(name: str, version: str, reg: RegistryDep, principal: PrincipalDep) -> StreamingResponse:
+def download(name: str, version: str, reg: RegistryDep, principal: PrincipalDep) -> Response:
     info, blobs = svc.archive_entries(reg, principal, name, version)
     return archive_response(name, info.version, info.identity, info.document_sha256, info.archive_bytes, blobs,
                             reg.store)

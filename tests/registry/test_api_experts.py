@@ -222,3 +222,16 @@ def test_health_and_openapi(api):
     body = spec["paths"]["/v1/experts/{name}/versions"]["post"]["requestBody"]
     assert "application/x-tar" in body["content"]
     assert json.dumps(spec)  # serialisable
+
+
+def test_streamed_and_inline_archives_are_identical(api, tmp_path, monkeypatch):
+    import registry.api.experts as routes
+
+    h = api.owner("alice")
+    api.publish(make_expert_package(tmp_path / "p", "law-expert"), h)
+
+    inline = api.client.get("/v1/experts/law-expert/versions/1/archive", headers=h)
+    monkeypatch.setattr(routes, "INLINE_ARCHIVE_BYTES", 0)
+    streamed = api.client.get("/v1/experts/law-expert/versions/1/archive", headers=h)
+
+    assert inline.content == streamed.content and inline.headers["content-length"] == streamed.headers["content-length"]
