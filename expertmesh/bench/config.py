@@ -28,6 +28,7 @@ class BenchConfig:
     base: str | None = None                   # None: the default base (tiny mode builds its own)
     reuse: bool = False
     seed: int = 0
+    threads: int | None = None                # torch threads; None: 1 on a loaded shared machine, else all cores
 
     def __post_init__(self) -> None:
         if self.mode not in ("tiny", "quick", "full"):
@@ -46,7 +47,7 @@ def preset(mode: str, **overrides) -> BenchConfig:
         "tiny": dict(domains=["medicine", "law", "code", "poetry"], expert_domains=3, max_docs=None, steps=4,
                      batch_size=2, seq_len=32, lr=5e-3, rank=4, eval_blocks=2, gen_tokens=4,
                      scaling_sizes=[1, 10, 100]),
-        "quick": dict(expert_domains=4, max_docs=60, steps=20, batch_size=4, seq_len=128, eval_blocks=8,
+        "quick": dict(expert_domains=3, max_docs=60, steps=20, batch_size=4, seq_len=128, eval_blocks=8,
                       gen_tokens=16),
         "full": dict(expert_domains=5, max_docs=400, steps=60, batch_size=8, seq_len=256, lr=1e-3, rank=16,
                      eval_blocks=32, gen_tokens=32, scaling_sizes=[1, 10, 100, 300, 1000]),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from expertmesh.bench.config import BenchConfig
 
-COMPOSITIONS = ["domain-router-k1", "domain-router-k2", "retriever-top1", "uniform-merge", "ties-merge",
-                "btm-ensemble", "federated-tuned-router", "mot"]
+COMPOSITIONS = ["domain-router-k1", "domain-router-k2", "retriever-top1", "retriever-top2-gate", "uniform-merge",
+                "ties-merge", "btm-ensemble", "federated-tuned-router", "mot"]
 
 
 def machine_info() -> dict:
@@ -67,10 +67,15 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = cfg.threads or (1 if load1 > 0.75 * (os.cpu_count() or 1) else (os.cpu_count() or 1))
+    # On a shared, loaded machine one thread is 2-3x faster than two (no waiting on a descheduled peer).
+    torch.set_num_threads(threads)
     timings: dict[str, float] = {}
     results: dict = {"format": "expertmesh-bench/1", "config": cfg.to_dict(),
                      "command": command or f"expertmesh bench --{cfg.mode}",
                      "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info()}
+    results["machine"]["load_average_1min_at_start"] = round(load1, 2)
 
     # 1. base
     t0 = time.perf_counter()
@@ -109,10 +114,11 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
 
     # 3. experts (equal budget per domain)
     t0 = time.perf_counter()
-    expert_recs, experts = {}, []
+    expert_recs, experts, expert_paths = {}, [], {}
     for d in expert_domains:
         path, rec = get_expert(cfg, base, base_spec, d, corpora[d], out / "experts", steps=cfg.steps, log=log)
         expert_recs[d] = rec
+        expert_paths[d] = path
         experts.append(load_expert(path, expected_fingerprint=base.fingerprint, name=d))
     timings["experts"] = time.perf_counter() - t0
 
@@ -127,6 +133,7 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
     ctx = Context(cfg=cfg, base=base, base_spec=base_spec, experts=experts, expert_domains=expert_domains,
                   eval_domains=available, blocks=blocks, corpora=corpora, work=out, log=log)
     ctx.extras["experts"] = expert_recs
+    ctx.extras["expert_paths"] = expert_paths
 
     # 5. methods
     rows, status = {}, {}

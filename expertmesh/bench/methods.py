@@ -198,6 +198,26 @@ def m_retriever(ctx: Context):
     return {"retriever-top1": {"losses": losses}}
 
 
+@method("retriever-top2-gate", "expertmesh", "retrieve composition: the top-2 experts by pilot similarity become "
+                                             "the candidates, then the token gate (k=2) among them + public")
+def m_retriever_gate(ctx: Context):
+    losses = {}
+    n = len(ctx.experts)
+    with ctx.composed(top_k=2) as cm:
+        for d in ctx.eval_domains:
+            scores = ctx.retriever_scores(d)
+            top = scores.topk(min(2, n), -1).indices                     # [blocks, m]
+            allowed = torch.zeros(len(top), n, dtype=torch.bool).scatter(1, top, True)
+            pos = {"i": 0}
+
+            def fwd(ids):
+                a = allowed[pos["i"]:pos["i"] + len(ids)]
+                pos["i"] += len(ids)
+                return cm(ids, allowed=a).logits
+            losses[d] = loss_of(ctx.token_logprobs(fwd, ctx.blocks[d]))
+    return {"retriever-top2-gate": {"losses": losses}}
+
+
 # -- training-free baselines -----------------------------------------------------------------------------
 @method("uniform-merge", "baseline", "uniform linear merge of all LoRA deltas (fixed weights 1/N, no gate)")
 def m_uniform(ctx: Context):

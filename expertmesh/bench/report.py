@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-ORDER = ["base", "oracle", "domain-router-k1", "domain-router-k2", "retriever-top1", "uniform-merge", "ties-merge",
+ORDER = ["base", "oracle", "domain-router-k1", "domain-router-k2", "retriever-top1", "retriever-top2-gate", "uniform-merge", "ties-merge",
          "btm-ensemble", "federated-tuned-router", "mot", "fedavg-lora", "central-pooled-lora"]
 
 
@@ -76,7 +76,8 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(n, [r["build_ms"] for r in sc], "o-", label="router build (ms)")
         ax.plot(n, [r["select_ms_median"] for r in sc], "s-", label="selection latency, median (ms)")
-        ax.plot(n, [r["gate_us_per_token_layer"] / 1e3 for r in sc], "^-", label="gate per token-layer (ms)")
+        ax.plot(n, [r["gate_us_per_token_layer"] / 1e3 for r in sc], "^-", label="gate over top-m candidates, per token-layer (ms)")
+        ax.plot(n, [r["gate_all_rows_us_per_token_layer"] / 1e3 for r in sc], "v--", label="gate over all N rows, per token-layer (ms)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("number of experts")
@@ -114,7 +115,8 @@ def render_markdown(results: dict, plot_dir: Path | str, plot_prefix: str | None
     L.append("")
     v = m["versions"]
     L.append(f"Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['ram_gb']} GB RAM, torch threads "
-             f"{m['torch_threads']}, {m['platform']}. Versions: "
+             f"{m['torch_threads']}, load average at start {m.get('load_average_1min_at_start')} (shared with "
+             f"other work), {m['platform']}. Versions: "
              + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".")
     L.append("")
     b = results["base"]
@@ -208,13 +210,16 @@ def render_markdown(results: dict, plot_dir: Path | str, plot_prefix: str | None
     if "rows" in sc:
         L.append("### Router build time and selection latency vs number of experts")
         L.append("")
-        L.append(f"{sc['what']}; {sc['pilots_per_expert']} pilots per expert, top-{sc['candidates']} candidates.")
+        L.append(f"{sc['what']}; {sc['pilots_per_expert']} pilots per expert, top-{sc['candidates']} candidates; "
+                 f"selector: {sc.get('implementation')}.")
         L.append("")
-        L.append("| experts | build (ms) | select median (ms) | select p95 (ms) | gate (us / token / layer) |")
-        L.append("|---:|---:|---:|---:|---:|")
+        L.append("| experts | build (ms) | select median (ms) | select p95 (ms) | gate top-m (us/token/layer) | "
+                 "gate all N (us/token/layer) |")
+        L.append("|---:|---:|---:|---:|---:|---:|")
         for r in sc["rows"]:
             L.append(f"| {r['experts']} | {r['build_ms']:.2f} | {r['select_ms_median']:.3f} | "
-                     f"{r['select_ms_p95']:.3f} | {r['gate_us_per_token_layer']:.2f} |")
+                     f"{r['select_ms_p95']:.3f} | {r['gate_us_per_token_layer']:.2f} | "
+                     f"{r['gate_all_rows_us_per_token_layer']:.2f} |")
         L.append("")
         if "scaling" in plots:
             L.append(f"![router scaling]({pre}{plots['scaling']})")

@@ -28,7 +28,10 @@ import click
                    "with --tiny).")
 @click.option("--steps", type=int, default=None, help="Override the per-expert step budget.")
 @click.option("--eval-blocks", type=int, default=None, help="Override held-out blocks per domain.")
-def bench(mode, tiny, out, domains, expert_domains, reuse, base, markdown, publish_dir, steps, eval_blocks) -> None:
+@click.option("--threads", type=int, default=None,
+              help="torch threads (default: 1 when the load average exceeds 3/4 of the cores, else all cores).")
+def bench(mode, tiny, out, domains, expert_domains, reuse, base, markdown, publish_dir, steps, eval_blocks,
+          threads) -> None:
     """Build corpora, train/reuse experts, evaluate every method; write results.json, plots, BENCHMARKS.md.
 
     Example: nice -n 5 expertmesh bench --quick --out runs/bench
@@ -37,7 +40,7 @@ def bench(mode, tiny, out, domains, expert_domains, reuse, base, markdown, publi
 
     mode = "tiny" if tiny else mode
     over = dict(out=out, reuse=reuse, base=base, expert_domains=expert_domains, steps=steps,
-                eval_blocks=eval_blocks, domains=[d.strip() for d in domains.split(",") if d.strip()]
+                eval_blocks=eval_blocks, threads=threads, domains=[d.strip() for d in domains.split(",") if d.strip()]
                 if domains else None)
     cfg = preset(mode, **over)
     if markdown is None:

@@ -34,7 +34,8 @@ def test_json_has_every_method_and_domain(tiny_run):
         if st["status"] != "ok":
             assert "not available" in st["reason"]
     for row in ("base", "oracle", "expert:medicine", "expert:law", "expert:code", "domain-router-k1",
-                "domain-router-k2", "retriever-top1", "uniform-merge", "btm-ensemble", "central-pooled-lora"):
+                "domain-router-k2", "retriever-top1", "retriever-top2-gate", "uniform-merge", "btm-ensemble",
+                "central-pooled-lora", "ties-merge"):
         assert set(res["rows"][row]["losses"]) == set(domains), row
         assert all(v > 0 for v in res["rows"][row]["losses"].values())
     # oracle = the domain's own expert on covered domains
