@@ -103,8 +103,11 @@ def policy_mask(spec: CompositionSpec, *, include=None, exclude=None, tags=None,
 
 
 def make_plan(spec: CompositionSpec, prompts: list[str], *, index: PilotIndex | None, embed=None,
-              embeddings: np.ndarray | None = None, withdrawn: Iterable[str] = (), **filters) -> RoutingPlan:
-    """Policy masks, then (selection "both"/"sequence") the retriever's top-m among the allowed members."""
+              embeddings: np.ndarray | None = None, withdrawn: Iterable[str] = (), selection: str | None = None,
+              **filters) -> RoutingPlan:
+    """Policy masks, then (selection "both"/"sequence") the retriever's top-m among the allowed members.
+
+    ``selection`` overrides the composition's policy for this call (e.g. "token" for single-expert baselines)."""
     members = spec.member_names
     n, batch = len(members), len(prompts)
     base_ok, base_notes = policy_mask(spec, withdrawn=withdrawn, **filters)
@@ -113,7 +116,9 @@ def make_plan(spec: CompositionSpec, prompts: list[str], *, index: PilotIndex | 
     scores: list[dict[str, float]] = [{} for _ in range(batch)]
     candidates = [[members[j] for j in range(n) if base_ok[j]] for _ in range(batch)]
     fixed = None
-    selection = spec.selection
+    selection = selection or spec.selection
+    if selection not in ("token", "sequence", "both"):
+        raise ValueError(f"selection={selection!r} is not one of 'token', 'sequence', 'both'")
     if selection != "token" and index is None:
         for b in range(batch):
             notes[b].append("no pilots in this composition: token-level routing over all allowed experts")

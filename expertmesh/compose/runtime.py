@@ -131,13 +131,18 @@ class CompositionRuntime:
         return get_embedder(self.spec.embedder).embed(texts)
 
     def plan(self, prompts: list[str], *, include=None, exclude=None, tags=None, exclude_tags=None, licences=None,
-             withdrawn: Iterable[str] = frozenset(), embeddings=None) -> RoutingPlan:
-        """Routing plan for a batch of prompts (the prompt is embedded once, only if the retriever runs)."""
+             withdrawn: Iterable[str] = frozenset(), embeddings=None, selection: str | None = None) -> RoutingPlan:
+        """Routing plan for a batch of prompts (the prompt is embedded once, only if the retriever runs).
+
+        include/exclude: member names (unknown names raise UnknownExpertError); tags: keep members carrying any
+        of these domain tags; exclude_tags: drop members carrying any; licences: keep members whose licence is
+        listed; withdrawn: extra owner-withdrawn names for this call; embeddings: precomputed prompt
+        embeddings [B, e]; selection: override the composition's "token" | "sequence" | "both" for this call."""
         if isinstance(prompts, str):
             prompts = [prompts]
         return make_plan(self.spec, list(prompts), index=self._index, embed=self.embed, embeddings=embeddings,
                          withdrawn=self.withdrawn | set(withdrawn), include=include, exclude=exclude, tags=tags,
-                         exclude_tags=exclude_tags, licences=licences)
+                         exclude_tags=exclude_tags, licences=licences, selection=selection)
 
     def _default_plan(self, input_ids: torch.Tensor) -> RoutingPlan:
         prompts = self.base.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
@@ -166,6 +171,18 @@ class CompositionRuntime:
                 out["per_layer"] = [{n: round(float(t.per_layer[layer, b, e]), 6) for e, n in enumerate(t.entries)}
                                     for layer in range(t.per_layer.shape[0])]
         return out
+
+    def route(self, prompts: list[str], plan: RoutingPlan | None = None, *, per_layer: bool = True) -> list[dict]:
+        """Explain routing without generating: per prompt, the plan facts and the gate mass over its tokens
+        (overall and per layer)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        plan = (plan or self.plan(prompts)).expand(len(prompts))
+        enc = self.base.tokenizer(list(prompts), return_tensors="pt", padding=True)
+        with self._lock:
+            self.forward(enc["input_ids"], enc["attention_mask"], plan, trace=True)
+            return [{"prompt": p, "tokens": int(enc["attention_mask"][b].sum()),
+                     **self.last_trace(plan, b, per_layer=per_layer)} for b, p in enumerate(prompts)]
 
     def _check_plan(self, plan: RoutingPlan) -> None:
         if plan.members != self.member_names:

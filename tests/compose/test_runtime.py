@@ -75,3 +75,97 @@ def test_unknown_expert_in_a_request_is_an_error(compositions, tiny_experts, tin
         rt.plan(PROMPTS, include=["nope"])
     with pytest.raises(UnknownExpertError):
         rt.plan(PROMPTS, exclude=["nope"])
+
+
+def test_retriever_picks_the_expert_of_the_prompts_domain(compositions, tiny_experts, tiny_base_dir):
+    from expertmesh.testing import TINY_TEXTS
+
+    rt = CompositionRuntime.load(compositions / "ret", tiny_experts, fresh_base(tiny_base_dir))
+    prompts = [TINY_TEXTS[d][1] for d in ("medicine", "law", "code")]
+    plan = rt.plan(prompts)
+    assert plan.candidates == [["medicine"], ["law"], ["code"]]
+    assert plan.allowed.sum(1).tolist() == [1, 1, 1]
+    assert max(plan.scores[1], key=plan.scores[1].get) == "law"
+    # opting the best expert out hands the request to the next best, never to the excluded one
+    plan2 = rt.plan(prompts[1:2], exclude=["law"])
+    assert plan2.candidates[0] != ["law"] and "law" not in plan2.scores[0]
+
+
+def test_sequence_selection_uses_fixed_weights_over_the_top_m(compositions, tiny_experts, tiny_base_dir):
+    rt = CompositionRuntime.load(compositions / "seq", tiny_experts, fresh_base(tiny_base_dir))
+    plan = rt.plan(PROMPTS)
+    fw = plan.fixed_weights
+    assert fw.shape == (3, 4) and torch.allclose(fw.sum(1), torch.ones(3))
+    assert torch.all(fw[:, 0] == 0) and torch.all((fw[:, 1:] > 0).sum(1) == 2)
+    rt.forward(*_ids(rt, PROMPTS), plan, trace=True)
+    mass = rt.model.last_trace.mass
+    assert torch.allclose(mass, fw, atol=1e-6)           # the gate is bypassed: exactly the fixed weights
+    none = rt.plan(PROMPTS[:1], exclude=["law", "medicine", "code"])
+    assert none.fixed_weights[0].tolist() == [1.0, 0.0, 0.0, 0.0] and none.fallback == [True]
+
+
+def test_heterogeneous_ranks_and_targets_match_plain_peft(compositions, tiny_experts, tiny_base_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    rt = CompositionRuntime.load(compositions / "all3", tiny_experts, fresh_base(tiny_base_dir))
+    ids, _ = _ids(rt, PROMPTS[:1])
+    for j, name in enumerate(rt.member_names):           # ranks 4/2/8, targets q,v / q,v,down / o
+        plan = rt.plan(PROMPTS[:1])
+        plan.fixed_weights = torch.nn.functional.one_hot(torch.tensor([j + 1]), 4).float()
+        ours = rt.logits(ids, None, plan)
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_base_dir)),
+                                         str(tiny_experts[name])).eval()
+        with torch.no_grad():
+            ref = peft(input_ids=ids).logits
+        assert torch.allclose(ours, ref, atol=1e-5), name
+
+
+def test_load_refuses_another_base_and_another_expert_version(compositions, tiny_experts, tmp_path):
+    import json
+    import shutil
+
+    from expertmesh.base import load_base
+    from expertmesh.errors import BaseMismatchError, PackageError
+    from expertmesh.testing import make_tiny_base
+
+    other = load_base(str(make_tiny_base(tmp_path / "other", seed=7)))
+    with pytest.raises(BaseMismatchError, match="built for base"):
+        CompositionRuntime.load(compositions / "all3", tiny_experts, other)
+    changed = tmp_path / "law"
+    shutil.copytree(tiny_experts["law"], changed)
+    m = json.loads((changed / "manifest.json").read_text())
+    m["description"] = "retrained"
+    (changed / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PackageError, match="not the version"):
+        CompositionRuntime.load(compositions / "all3", {**tiny_experts, "law": changed}, _base_of(compositions))
+    with pytest.raises(PackageError, match="no expert package"):
+        CompositionRuntime.load(compositions / "all3", {"law": tiny_experts["law"]}, _base_of(compositions))
+
+
+def _base_of(compositions):
+    from expertmesh.base import load_base
+    from expertmesh.compose import read_composition
+
+    spec, _ = read_composition(compositions / "all3")
+    return load_base(spec.provenance["base"])
+
+
+def test_missing_members_can_be_dropped_exactly(compositions, tiny_experts, tiny_base_dir):
+    never = CompositionRuntime.load(compositions / "nolaw", tiny_experts, fresh_base(tiny_base_dir))
+    dropped = CompositionRuntime.load(compositions / "all3", {k: v for k, v in tiny_experts.items() if k != "law"},
+                                      fresh_base(tiny_base_dir), missing="drop")
+    ids, mask = _ids(never, PROMPTS)
+    assert dropped.member_names == ["medicine", "code"] and dropped.notes
+    assert torch.allclose(dropped.logits(ids, mask, dropped.plan(PROMPTS)), never.logits(ids, mask, never.plan(PROMPTS)),
+                          atol=1e-5)
+
+
+def test_generate_and_route_explain_who_answered(compositions, tiny_experts, tiny_base_dir):
+    rt = CompositionRuntime.load(compositions / "ret", tiny_experts, fresh_base(tiny_base_dir))
+    gens = rt.generate(PROMPTS, max_new_tokens=4)
+    assert len(gens) == 3 and all(len(g.token_ids) <= 4 for g in gens)
+    assert gens[1].trace["candidates"] == ["law"] and gens[1].trace["gate_mass"]["medicine"] == 0.0
+    r = rt.route(PROMPTS[:1])[0]
+    assert len(r["per_layer"]) == rt.base.num_layers and r["gate_mass"]["public"] > 0
+    assert sum(r["gate_mass"].values()) == pytest.approx(1.0, abs=1e-5)

@@ -1,0 +1,240 @@
+"""``expertmesh compose`` (coordinator: build, inspect, eval) and ``expertmesh generate`` / ``expertmesh route``
+(anyone: run or explain a composition, local directory or registry name)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+_REQUEST_OPTIONS = [
+    click.option("--include", multiple=True, help="Only these experts may answer (repeatable)."),
+    click.option("--exclude", multiple=True, help="These experts must not answer (repeatable)."),
+    click.option("--tag", "tags", multiple=True, help="Only experts carrying one of these domain tags."),
+    click.option("--exclude-tag", "exclude_tags", multiple=True, help="No expert carrying this tag."),
+    click.option("--licence", "licences", multiple=True, help="Only experts under one of these licences."),
+    click.option("--selection", type=click.Choice(["token", "sequence", "both"]), default=None,
+                 help="Override the composition's routing policy for this request."),
+    click.option("--experts", "experts_dir", type=click.Path(), default=None,
+                 help="Local composition: directory holding one expert package per member name."),
+    click.option("--base", default=None, help="Base model dir (default: the one the composition names)."),
+]
+
+
+def _request_options(f):
+    for opt in reversed(_REQUEST_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _plan_kwargs(include, exclude, tags, exclude_tags, licences, selection) -> dict:
+    return {"include": list(include) or None, "exclude": list(exclude) or None, "tags": list(tags) or None,
+            "exclude_tags": list(exclude_tags) or None, "licences": list(licences) or None, "selection": selection}
+
+
+def _open_runtime(composition: str, experts_dir: str | None, base_spec: str | None):
+    """A local composition dir (with --experts) or a registry composition NAME[@VERSION]."""
+    from expertmesh.base import load_base
+    from expertmesh.compose.runtime import CompositionRuntime
+    from expertmesh.errors import ConfigError
+
+    base = load_base(base_spec) if base_spec else None
+    if (Path(composition) / "composition.json").is_file():
+        if not experts_dir:
+            raise ConfigError("a local composition needs --experts DIR (one package per member name inside)")
+        return CompositionRuntime.load(composition, experts_dir, base)
+    if "/" in composition or Path(composition).exists():
+        raise ConfigError(f"{composition} is not a composition directory (no composition.json)")
+    from clients.registry_client import RegistryClient
+
+    from expertmesh.compose.remote import load_remote_runtime
+
+    name, _, version = composition.partition("@")
+    with RegistryClient.from_config() as reg:
+        return load_remote_runtime(reg, name, int(version) if version else None, base=base)
+
+
+@click.group()
+def compose() -> None:
+    """Build and inspect compositions of published experts (coordinator side).
+
+    Example: expertmesh compose build clinic --router retrieve --top-m 2
+    """
+
+
+@compose.command("build")
+@click.argument("name")
+@click.option("--router", "router_type", default="domain", show_default=True,
+              help="Router type: domain | retrieve | tuned (| mot when router_training is installed).")
+@click.option("--local", "local", multiple=True, type=click.Path(),
+              help="Build from local expert packages (a package dir or a dir of packages; repeatable) "
+                   "instead of the registry.")
+@click.option("--expert", "names", multiple=True, help="Registry: only these experts (default: all active).")
+@click.option("--domain", default=None, help="Registry: only active experts of this domain tag.")
+@click.option("--top-k", type=int, default=None, help="Experts per token (default 2).")
+@click.option("--top-m", type=int, default=None, help="Retriever candidates per request (default: type's).")
+@click.option("--selection", type=click.Choice(["token", "sequence", "both"]), default=None)
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Gate temperature.")
+@click.option("--artifact", type=click.Path(), default=None, help="tuned: safetensors of a router-tuning run.")
+@click.option("--description", default="")
+@click.option("--out", type=click.Path(), default=None, help="Write the package here (default for --local: "
+                                                             "./compositions/NAME).")
+@click.option("--publish/--no-publish", default=None,
+              help="Store in the registry (default: yes from the registry, no with --local).")
+@click.option("--overwrite", is_flag=True)
+def build_cmd(name, router_type, local, names, domain, top_k, top_m, selection, temperature, artifact, description,
+              out, publish, overwrite) -> None:
+    """Build a composition: verify members, build router artifacts, write and/or store it.
+
+    Example: expertmesh compose build clinic --router retrieve --top-m 2
+    Example: expertmesh compose build demo --local experts/ --router domain --out compositions/demo
+    """
+    opts = dict(top_k=top_k, top_m=top_m, selection=selection, temperature=temperature, description=description)
+    if artifact:
+        opts["artifact"] = artifact
+    if local:
+        from expertmesh.compose.build import build_composition, expert_package_dirs
+
+        dirs: dict = {}
+        for p in local:
+            p = Path(p)
+            found = expert_package_dirs([p] if (p / "manifest.json").is_file() else p)
+            dirs.update(found)
+        if names:
+            dirs = {n: d for n, d in dirs.items() if n in set(names)}
+        target = Path(out or Path("compositions") / name)
+        spec, _ = build_composition(name, dirs, router_type, out=target, overwrite=overwrite,
+                                    provenance={"source": "local"}, **opts)
+        click.echo(f"wrote {target}: {spec.router_type} composition of {', '.join(spec.member_names)}")
+        if publish:
+            from clients.registry_client import RegistryClient
+
+            with RegistryClient.from_config() as reg:
+                r = reg.publish_composition(target)
+            click.echo(f"stored {r.name}@{r.version}" + ("" if r.created else " (identical to an existing version)"))
+        return
+    from clients.registry_client import RegistryClient
+
+    from expertmesh.compose.remote import build_from_registry
+
+    with RegistryClient.from_config() as reg:
+        spec, r = build_from_registry(reg, name, router_type, names=list(names) or None, domain=domain,
+                                      publish=publish is not False, out=out, overwrite=overwrite, **opts)
+    click.echo(f"built {spec.router_type} composition {name} of "
+               + ", ".join(f"{m.name}@{m.version}" for m in spec.members))
+    if r is not None:
+        click.echo(f"stored {r.name}@{r.version}" + ("" if r.created else " (identical to an existing version)"))
+
+
+@compose.command("inspect")
+@click.argument("directory", type=click.Path())
+def inspect_cmd(directory) -> None:
+    """Verify a composition package (files, checksums, tensor shapes) and print its composition.json.
+
+    Example: expertmesh compose inspect compositions/clinic
+    """
+    from expertmesh.compose.spec import verify_composition
+
+    click.echo(json.dumps(verify_composition(directory).to_dict(), indent=2))
+
+
+@compose.command("eval")
+@click.argument("composition")
+@click.option("--data", required=True, type=click.Path(), help="Corpus dir (uses heldout.jsonl), .jsonl or .txt.")
+@click.option("--seq-len", default=256, show_default=True, type=int)
+@click.option("--max-blocks", default=16, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True)
+@_request_options
+def eval_cmd(composition, data, seq_len, max_blocks, as_json, include, exclude, tags, exclude_tags, licences,
+             selection, experts_dir, base) -> None:
+    """Held-out loss and perplexity of the public base vs the composition (with any request policy).
+
+    Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --exclude law
+    """
+    import math
+
+    from expertmesh.compose.evaluate import evaluate_composition
+
+    rt = _open_runtime(composition, experts_dir, base)
+    res = evaluate_composition(rt, data, seq_len=seq_len, max_blocks=max_blocks,
+                               **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"{res['data']}: {res['blocks']} blocks x {seq_len} tokens")
+    for k in ("base", "composition"):
+        click.echo(f"  {k:<12} loss {res[k + '_loss']:.4f}  ppl {math.exp(res[k + '_loss']):.2f}")
+    click.echo("  gate mass   " + ", ".join(f"{n} {v:.3f}" for n, v in res["gate_mass"].items()))
+
+
+@click.command("generate")
+@click.argument("composition")
+@click.argument("prompt", nargs=-1, required=True)
+@click.option("--max-new-tokens", default=64, show_default=True, type=int)
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy.")
+@click.option("--top-p", default=1.0, show_default=True, type=float)
+@click.option("--seed", default=None, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print text and trace as JSON.")
+@_request_options
+def generate_cmd(composition, prompt, max_new_tokens, temperature, top_p, seed, as_json, include, exclude, tags,
+                 exclude_tags, licences, selection, experts_dir, base) -> None:
+    """Generate text with a composition (local dir with --experts, or a registry NAME[@VERSION]).
+
+    Example: expertmesh generate compositions/clinic --experts experts/ "Aspirin is used for" --exclude law
+    """
+    rt = _open_runtime(composition, experts_dir, base)
+    text = " ".join(prompt)
+    plan = rt.plan([text], **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
+    g = rt.generate([text], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, plan=plan,
+                    seed=seed)[0]
+    if as_json:
+        click.echo(json.dumps({"text": g.text, "trace": g.trace}, indent=2))
+        return
+    click.echo(g.text)
+    mass = g.trace.get("gate_mass", {})
+    click.echo(f"-- experts: {', '.join(g.trace.get('candidates', [])) or 'none (public base)'}; gate mass "
+               + ", ".join(f"{n} {v:.3f}" for n, v in mass.items() if v > 0), err=True)
+    for note in g.trace.get("notes", []) + rt.notes:
+        click.echo(f"-- note: {note}", err=True)
+
+
+@click.command("route")
+@click.argument("composition")
+@click.argument("prompt", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@_request_options
+def route_cmd(composition, prompt, as_json, include, exclude, tags, exclude_tags, licences, selection, experts_dir,
+              base) -> None:
+    """Explain routing of a prompt: candidate experts, retriever scores, gate mass overall and per layer.
+
+    Example: expertmesh route compositions/clinic --experts experts/ "The licensee shall not"
+    """
+    rt = _open_runtime(composition, experts_dir, base)
+    text = " ".join(prompt)
+    plan = rt.plan([text], **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
+    r = rt.route([text], plan)[0]
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"composition {rt.spec.ref} ({rt.spec.router_type}, selection {r['selection']}, "
+               f"top-k {rt.spec.top_k}); {r['tokens']} prompt tokens")
+    if r["scores"]:
+        click.echo("retriever scores: " + ", ".join(f"{n} {s:.3f}" for n, s in
+                                                    sorted(r["scores"].items(), key=lambda x: -x[1])))
+    click.echo("candidates: " + (", ".join(r["candidates"]) or "none (public base)"))
+    if "fixed_weights" in r:
+        click.echo("sequence weights: " + ", ".join(f"{n} {w:.3f}" for n, w in r["fixed_weights"].items()))
+    entries = list(r["gate_mass"])
+    click.echo("gate mass (mean over tokens and layers): "
+               + ", ".join(f"{n} {r['gate_mass'][n]:.3f}" for n in entries))
+    click.echo("layer  " + "  ".join(f"{n[:10]:>10}" for n in entries))
+    for i, row in enumerate(r.get("per_layer", [])):
+        click.echo(f"{i:>5}  " + "  ".join(f"{row[n]:>10.3f}" for n in entries))
+    for note in r["notes"] + rt.notes:
+        click.echo(f"note: {note}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(compose)
+    group.add_command(generate_cmd)
+    group.add_command(route_cmd)
