@@ -51,19 +51,91 @@ def m_ties(ctx: Context):
     return {"ties-merge": {"losses": _peft_merge(ctx, "ties_svd", density=0.5, svd_rank=rank)}}
 
 
-@method("federated-tuned-router", "federated", "router rows tuned with Flower federated rounds (router_training)")
+def _owner_blocks(ctx: Context, max_blocks: int = 64) -> dict:
+    """Each owner's own training blocks (never pooled for the federated methods)."""
+    from expertmesh.bench.data import read_texts
+    from expertmesh.expert.blocks import pack_blocks
+
+    return {d: pack_blocks(ctx.base.tokenizer, read_texts(ctx.corpora[d] / "train.jsonl"), ctx.cfg.seq_len,
+                           max_blocks=max_blocks, what=f"train {d}") for d in ctx.expert_domains}
+
+
+def _budget(ctx: Context) -> tuple[int, int]:
+    """(rounds, local steps) of router tuning per mode."""
+    return {"tiny": (2, 2), "quick": (2, 3), "full": (5, 8)}[ctx.cfg.mode]
+
+
+@method("federated-tuned-router", "federated", "router rows + bias tuned by FedAvg rounds over the owners, each "
+                                               "tuning on its own data only (router_training.task.tune_router; "
+                                               "rounds run in-process, no Flower transport), then the token gate k=2")
 def m_tuned(ctx: Context):
-    _need("router_training")
-    raise MethodUnavailable("not available in this build (router_training has no tuned-router entry point yet)")
+    import torch
+
+    from expertmesh.bench.methods import loss_of
+
+    task = _need("router_training.task")
+    config = _need("router_training.config")
+    cfg = ctx.cfg
+    rounds, steps = _budget(ctx)
+    tc = config.TuneConfig(steps=steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
+    owners = _owner_blocks(ctx)
+    history = []
+    with ctx.composed(top_k=2) as cm:
+        glob = task.router_arrays(cm)
+        for r in range(rounds):
+            updates = []
+            for j, d in enumerate(ctx.expert_domains):
+                task.set_router_arrays(cm, glob)
+                st = task.tune_router(cm, owners[d], tc, seed=cfg.seed + 1000 * r + j)
+                updates.append((len(owners[d]), task.router_arrays(cm)))
+                history.append({"round": r, "owner": d, "first_loss": st["first_loss"], "last_loss": st["last_loss"]})
+            total = sum(n for n, _ in updates)
+            glob = {k: sum(n * u[k] for n, u in updates) / total for k in glob}
+        task.set_router_arrays(cm, glob)
+        task.freeze_router(cm)
+        cm.eval()
+        with torch.inference_mode():
+            losses = {d: loss_of(ctx.token_logprobs(lambda ids: cm(ids).logits, ctx.blocks[d]))
+                      for d in ctx.eval_domains}
+    return {"federated-tuned-router": {"losses": losses, "rounds": rounds, "local_steps": steps,
+                                       "tuning_tokens": rounds * len(owners) * steps * cfg.batch_size * cfg.seq_len,
+                                       "history": history}}
 
 
-@method("mot", "federated", "Mixture-of-Thoughts: top-K experts + trained interaction layers (router_training)")
+@method("mot", "federated", "Mixture-of-Thoughts (router_training.mot): selector + interaction layers over the "
+                            "frozen experts, trained on the owners' blocks in-process; scored after the selector's "
+                            "prefix, see the like-for-like note")
 def m_mot(ctx: Context):
-    _need("router_training")
-    raise MethodUnavailable("not available in this build (router_training has no MoT entry point yet)")
+    import torch
+
+    mot_mod = _need("router_training.mot")
+    mt = _need("router_training.mot_train")
+    cfg = ctx.cfg
+    rounds, steps = _budget(ctx)
+    owners = _owner_blocks(ctx)
+    g = torch.Generator().manual_seed(cfg.seed)
+    pooled = torch.cat(list(owners.values()))
+    pooled = pooled[torch.randperm(len(pooled), generator=g)]
+    start = max(1, min(32, cfg.seq_len // 4))
+    mcfg = mot_mod.MoTConfig(top_k=2, select_tokens=start)
+    tcfg = mt.MoTTrainConfig(steps=rounds * steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
+    losses, like = {}, {}
+    with ctx.composed(top_k=2) as cm:
+        mot = mot_mod.MoTModel(cm, mcfg)
+        try:
+            stats = mt.train_mot(mot, pooled, tcfg)
+            mot.eval()
+            for d in ctx.eval_domains:
+                losses[d] = float(mt.evaluate_mot(mot, ctx.blocks[d], start=start, batch_size=4)["loss"])
+                like[d] = float(mt.evaluate_composed_from(cm, ctx.blocks[d], start=start, batch_size=4))
+        finally:
+            mot.close()
+    ctx.extras["mot_like_for_like"] = {"start": start, "mot": losses, "domain-router-k2": like}
+    return {"mot": {"losses": losses, "scored_from_token": start, "train": stats,
+                    "domain_router_k2_same_positions": like}}
 
 
 @method("fedavg-lora", "federated", "one LoRA trained with FedAvg over the owners (Flower, router_training)")
 def m_fedavg(ctx: Context):
     _need("router_training")
-    raise MethodUnavailable("not available in this build (router_training has no FedAvg LoRA entry point yet)")
+    raise MethodUnavailable("not available in this build (router_training exposes no FedAvg LoRA entry point)")

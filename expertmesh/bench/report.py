@@ -142,7 +142,8 @@ def render_markdown(results: dict, plot_dir: Path | str, plot_prefix: str | None
     L.append("|---|" + "---:|" * (len(domains) + 1))
     for n in ordered_rows(results):
         r = rows[n]
-        L.append(f"| {n} | " + " | ".join(_f(r["ppl"].get(d), 2) for d in domains)
+        label = f"{n} †" if "scored_from_token" in r else n
+        L.append(f"| {label} | " + " | ".join(_f(r["ppl"].get(d), 2) for d in domains)
                  + f" | {_f(r['mixture_ppl'], 2)} |")
     L.append("")
     na = {k: s for k, s in results["methods"].items() if s["status"] != "ok"}
@@ -155,6 +156,17 @@ def render_markdown(results: dict, plot_dir: Path | str, plot_prefix: str | None
     L.append("Method definitions: " + "; ".join(f"**{k}**: {s['description']}" for k, s in results["methods"].items())
              + ".")
     L.append("")
+    mot = (rows.get("mot") or {}).get("domain_router_k2_same_positions")
+    if mot:
+        st = rows["mot"]["scored_from_token"]
+        L.append(f"† MoT is scored on positions after its {st}-token selector prefix (the selector reads it); the "
+                 "domain router on those same positions, for a like-for-like comparison:")
+        L.append("")
+        L.append("| method | " + " | ".join(domains) + " |")
+        L.append("|---|" + "---:|" * len(domains))
+        L.append("| mot | " + " | ".join(_f(math.exp(rows['mot']['losses'][d]), 2) for d in domains) + " |")
+        L.append("| domain-router-k2 | " + " | ".join(_f(math.exp(mot[d]), 2) for d in domains) + " |")
+        L.append("")
     plots = results.get("plots", {})
     if "perplexity" in plots:
         L.append(f"![perplexity by method and domain]({pre}{plots['perplexity']})")
