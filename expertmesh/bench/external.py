@@ -44,11 +44,30 @@ def _peft_merge(ctx: Context, combination_type: str, **kw) -> dict[str, float]:
     return out
 
 
-@method("ties-merge", "baseline", "TIES merge of the expert LoRAs (PEFT add_weighted_adapter, combination "
-                                  "ties_svd, density 0.5, weights 1; plain merged LoRA, no gate)")
+@method("ties-merge", "baseline", "TIES merge of the expert LoRAs (expertmesh.compose.baselines.merge_experts: "
+                                  "PEFT add_weighted_adapter ties_svd, density 0.5, weights 1; the merged LoRA is "
+                                  "applied in full, no gate)")
 def m_ties(ctx: Context):
+    import torch
+
+    from expertmesh.bench.methods import loss_of
+
     rank = max(e.rank for e in ctx.experts)
-    return {"ties-merge": {"losses": _peft_merge(ctx, "ties_svd", density=0.5, svd_rank=rank)}}
+    try:
+        from expertmesh.compose.baselines import MergedModel, merge_experts
+    except Exception:  # noqa: BLE001 - compose not in this build: the same PEFT call, inline
+        return {"ties-merge": {"losses": _peft_merge(ctx, "ties_svd", density=0.5, svd_rank=rank),
+                               "implementation": "inline PEFT"}}
+    merged = merge_experts(ctx.base.model, {d: ctx.extras["expert_paths"][d] for d in ctx.expert_domains},
+                           combination_type="ties_svd", weights=[1.0] * len(ctx.experts), density=0.5,
+                           svd_rank=rank, name="ties")
+    mm = MergedModel(ctx.base.model, merged)
+    try:
+        with torch.inference_mode():
+            losses = {d: loss_of(ctx.token_logprobs(mm.logits, ctx.blocks[d])) for d in ctx.eval_domains}
+    finally:
+        mm.close()
+    return {"ties-merge": {"losses": losses, "implementation": "expertmesh.compose.baselines"}}
 
 
 def _owner_blocks(ctx: Context, max_blocks: int = 64) -> dict:
