@@ -35,7 +35,7 @@ class RegistrySettings:
     artifact_dir: Path | None = None          # None: <data_dir>/artifacts
     base_fingerprint: str | None = None       # None: accept any base, record it per version
     admin_token: str | None = None
-    max_upload_bytes: int = 512 * MIB         # a LoRA r=16 q,k,v,o expert of SmolLM2-135M is ~3.5 MiB
+    max_upload_bytes: int = 512 * MIB         # a LoRA r=16 q,k,v,o expert of SmolLM2-135M is ~7 MiB fp32
     trust_forwarded_for: bool = False
     migrate_on_startup: bool = True
     db_pool_size: int = 10                    # + db_pool_size overflow; the server threadpool has 40 threads
