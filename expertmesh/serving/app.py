@@ -75,8 +75,13 @@ def as_library_error(exc: Exception) -> ExpertMeshError:
         if first["type"] == "json_invalid":
             return InvalidInputError(f"the request body is not valid JSON ({first['msg']}); send a JSON object",
                                      detail={"field": "body", "errors": errors})
-        where = ".".join(first["loc"][1:]) or "body"
-        return InvalidInputError(f"{where}: {first['msg']}", detail={"field": where, "errors": errors})
+        same = [e for e in errors if e["loc"][:2] == first["loc"][:2]]
+        if len(same) > 1:       # a union field (prompt: str | [str] | [int] | ...): one error per branch
+            where = ".".join(first["loc"][1:2]) or "body"
+            msg = "; or ".join(dict.fromkeys(e["msg"] for e in same))
+        else:
+            where, msg = ".".join(first["loc"][1:]) or "body", first["msg"]
+        return InvalidInputError(f"{where}: {msg}", detail={"field": where, "errors": errors})
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
             return NotFoundError("no such endpoint; see /docs")

@@ -75,6 +75,7 @@ class Engine:
         self._rows: list[_Row] = []
         self._batch: KVBatch | None = None
         self._withdrawn: frozenset[str] = frozenset()
+        self._published_withdrawn: frozenset[str] = frozenset()
         self._fail_closed = False
         self.epoch = 0
         self._thread: threading.Thread | None = None
@@ -112,7 +113,8 @@ class Engine:
 
     @property
     def withdrawn(self) -> frozenset[str]:
-        return self._withdrawn
+        """The withdrawn set once fully applied (rows re-planned, KV recomputed, weights evicted)."""
+        return self._published_withdrawn
 
     # -- requests ---------------------------------------------------------------------------------------------
     def check(self, request: GenerationRequest) -> None:
@@ -371,6 +373,8 @@ class Engine:
                 self._swap(*msg[1:])
 
     def _set_withdrawn(self, names: frozenset[str], revision: object, seen_at: float) -> None:
+        if names == self._withdrawn:
+            return
         new = set(names) - set(self._withdrawn)
         self._withdrawn = names
         self.comp.set_withdrawn(set(names))
@@ -383,6 +387,7 @@ class Engine:
         self.withdrawal_log.append({"epoch": self.epoch, "withdrawn": sorted(names), "new": sorted(new),
                                     "revision": revision, "seen_to_applied_s": round(applied - seen_at, 4),
                                     "applied_at": applied})
+        self._published_withdrawn = names       # last: readers of ``withdrawn`` see a complete switch
         log.info("withdrawn set now %s (epoch %d, revision %s)", sorted(names), self.epoch, revision)
 
     def _set_fail_closed(self, on: bool, reason: str) -> None:

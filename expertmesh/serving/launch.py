@@ -36,13 +36,19 @@ def build_server(settings: ServeSettings, *, experts_dir: str | Path | None = No
 
     if not settings.composition:
         raise ConfigError("composition is required: a registry composition name or a local composition directory")
-    base = base or load_base(settings.base, dtype=settings.dtype)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     local = Path(settings.composition).expanduser()
     if local.is_dir():
-        engine, source, prepare = _local(settings, local, experts_dir, base, client)
+        if settings.registry_url or client is not None:
+            client = _client(settings, client)
+        engine, source, prepare = _local(settings, local, experts_dir, lambda: base or load_base(
+            settings.base, dtype=settings.dtype), client)
     else:
-        engine, source, prepare = _registry(settings, cache, base, client)
+        if "/" in settings.composition or settings.composition.startswith("."):
+            raise ConfigError(f"composition directory {settings.composition} does not exist")
+        client = _client(settings, client)         # fails fast (no registry configured) before loading a base
+        engine, source, prepare = _registry(settings, cache, base or load_base(settings.base, dtype=settings.dtype),
+                                            client)
     watcher = None
     if source is not None:
         watcher = Watcher(source, engine, interval_s=settings.poll_interval_s,
@@ -59,30 +65,30 @@ def _client(settings: ServeSettings, client):
     return RegistryClient.from_config(settings.registry_url, settings.registry_token, timeout=30.0)
 
 
-def _local(settings: ServeSettings, path: Path, experts_dir, base, client):
+def _local(settings: ServeSettings, path: Path, experts_dir, get_base, client):
     from expertmesh.compose.spec import read_composition
 
     experts = Path(experts_dir) if experts_dir else path.parent / "experts"
     if not experts.is_dir():
         raise ConfigError(f"no expert directory {experts}: pass --experts DIR (one subdirectory per member)")
+    base = get_base()
 
     def builder():
         return load_served(path, experts, base)
 
     engine = Engine(builder(), settings, builder=builder)
-    if not settings.registry_url and client is None:
+    if client is None:
         log.warning("no registry: serving %s without live withdrawal", path)
         return engine, None, None
     from expertmesh.serving.registry_source import MemberSource
 
     spec, _ = read_composition(path)
-    return engine, MemberSource(_client(settings, client), {m.name: m.version for m in spec.members}), None
+    return engine, MemberSource(client, {m.name: m.version for m in spec.members}), None
 
 
 def _registry(settings: ServeSettings, cache: Path, base, client):
     from expertmesh.serving.registry_source import CompositionSource, pull_composition, registry_builder
 
-    client = _client(settings, client)
     name = settings.composition
     comp_dir, dirs, info = pull_composition(client, name, None, cache, base.fingerprint)
 

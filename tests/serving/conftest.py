@@ -91,9 +91,7 @@ def make_engine(make_comp):
 def run_sync(engine, prompt: str, *, max_tokens: int = 8, temperature: float = 0.0, selection=None,
              trace_tokens: bool = False, **params):
     """Submit one request and wait: (text, done-event data)."""
-    from expertmesh.serving.composition import Selection
-    from expertmesh.serving.requests import GenerationRequest, SyncSink
-    from expertmesh.serving.sampling import SamplingParams
+    from expertmesh.serving.requests import SyncSink
 
     sink = SyncSink()
     submit(engine, prompt, sink, max_tokens=max_tokens, temperature=temperature, selection=selection,
