@@ -29,20 +29,29 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
     domains = results.get("domains", {}).get("available", [])
     names = ordered_rows(results)
     if rows and domains:
-        fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(domains) * max(len(names), 1) / 4), 4.8))
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(9, 0.28 * len(domains) * len(names) + 3), 8.5),
+                                      sharex=True)
         width = 0.8 / len(names)
         x = np.arange(len(domains))
         cmap = plt.get_cmap("tab20")
+        base_l = rows.get("base", {}).get("losses", {})
         for i, n in enumerate(names):
-            vals = [rows[n]["ppl"].get(d, float("nan")) for d in domains]
-            ax.bar(x + i * width - 0.4 + width / 2, vals, width, label=n, color=cmap(i % 20),
-                   edgecolor="black" if n == "base" else None, linewidth=0.6)
+            r = rows[n]
+            off = x + i * width - 0.4 + width / 2
+            hatch = "//" if "scored_from_token" in r else None
+            kw = dict(color=cmap(i % 20), edgecolor="black" if n == "base" else None, linewidth=0.6, hatch=hatch)
+            ax.bar(off, [r["ppl"].get(d, float("nan")) for d in domains], width, label=n, **kw)
+            if base_l:
+                ax2.bar(off, [r["losses"].get(d, float("nan")) - base_l.get(d, float("nan")) for d in domains],
+                        width, **kw)
         unc = set(results["domains"].get("uncovered", []))
-        ax.set_xticks(x, [f"{d}\n(no expert)" if d in unc else d for d in domains])
+        ax2.set_xticks(x, [f"{d}\n(no expert)" if d in unc else d for d in domains])
         ax.set_ylabel("held-out perplexity (lower is better)")
-        ax.set_yscale("log")
-        ax.set_title("Perplexity by method and domain")
-        ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+        ax.set_title("Perplexity by method and domain" + (" (hatched: MoT, scored after its prefix)"
+                                                          if "mot" in rows else ""))
+        ax.legend(fontsize=7, ncol=1, bbox_to_anchor=(1.01, 1), loc="upper left")
+        ax2.axhline(0, color="black", linewidth=0.8)
+        ax2.set_ylabel("loss - base loss (nats; < 0 = better than base)")
         fig.tight_layout()
         p = out / "perplexity_by_method.png"
         fig.savefig(p, dpi=110)
