@@ -194,6 +194,15 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     results["plots"] = write_plots(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    publish(results, out, markdown_path=markdown_path, publish_dir=publish_dir)
+    log(f"[bench] wrote {out / 'results.json'} in {results['total_seconds']}s")
+    return results
+
+
+def publish(results: dict, out: Path, *, markdown_path=None, publish_dir=None) -> None:
+    """Plots are in ``out``; copy them (and results.json) to ``publish_dir`` and replace the markdown section."""
+    from expertmesh.bench.report import render_markdown
+
     md = Path(markdown_path) if markdown_path else out / "BENCHMARKS.md"
     plot_home = out
     if publish_dir:
@@ -202,11 +211,23 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
         plot_home = Path(publish_dir)
         plot_home.mkdir(parents=True, exist_ok=True)
         for f in ["results.json", *results["plots"].values()]:
-            shutil.copyfile(out / f, plot_home / f)
+            if (out / f).resolve() != (plot_home / f).resolve():
+                shutil.copyfile(out / f, plot_home / f)
     prefix = os.path.relpath(plot_home.resolve(), md.resolve().parent).replace(os.sep, "/") + "/"
     update_benchmarks_md(md, render_markdown(results, plot_home, plot_prefix="" if prefix == "./" else prefix))
     results["markdown"] = str(md)
-    log(f"[bench] wrote {out / 'results.json'} in {results['total_seconds']}s")
+
+
+def render_from_results(results_json: str | Path, *, markdown_path=None, publish_dir=None) -> dict:
+    """Re-draw the plots and the markdown section from an earlier run's results.json (no model is loaded)."""
+    from expertmesh.bench.report import write_plots
+
+    path = Path(results_json)
+    results = json.loads(path.read_text())
+    out = path.parent
+    results["plots"] = write_plots(results, out)
+    path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    publish(results, out, markdown_path=markdown_path, publish_dir=publish_dir)
     return results
 
 

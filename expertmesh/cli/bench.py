@@ -28,16 +28,25 @@ import click
                    "with --tiny).")
 @click.option("--steps", type=int, default=None, help="Override the per-expert step budget.")
 @click.option("--eval-blocks", type=int, default=None, help="Override held-out blocks per domain.")
+@click.option("--from-results", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Only re-draw plots and the markdown section from an earlier results.json (no model runs).")
 @click.option("--threads", type=int, default=None,
               help="torch threads (default: 1 when the load average exceeds 3/4 of the cores, else all cores).")
 def bench(mode, tiny, out, domains, expert_domains, reuse, base, markdown, publish_dir, steps, eval_blocks,
-          threads) -> None:
+          threads, from_results) -> None:
     """Build corpora, train/reuse experts, evaluate every method; write results.json, plots, BENCHMARKS.md.
 
     Example: nice -n 5 expertmesh bench --quick --out runs/bench
     """
     from expertmesh.bench import preset, run_bench
 
+    if from_results:
+        from expertmesh.bench.harness import render_from_results
+
+        res = render_from_results(from_results, markdown_path=markdown or ("BENCHMARKS.md" if not tiny else None),
+                                  publish_dir=publish_dir or (None if tiny else "benchmarks/mesh-bench"))
+        click.echo(f"markdown: {res['markdown']}")
+        return
     mode = "tiny" if tiny else mode
     over = dict(out=out, reuse=reuse, base=base, expert_domains=expert_domains, steps=steps,
                 eval_blocks=eval_blocks, threads=threads, domains=[d.strip() for d in domains.split(",") if d.strip()]

@@ -84,3 +84,14 @@ def test_cli_help():
     assert r.exit_code == 0
     for opt in ("--quick", "--full", "--tiny", "--out", "--domains", "--reuse"):
         assert opt in r.output
+
+
+def test_render_from_results(tiny_run):
+    from expertmesh.cli.main import cli
+
+    out, _ = tiny_run
+    md = out / "again.md"
+    r = CliRunner().invoke(cli, ["bench", "--from-results", str(out / "run" / "results.json"), "--markdown", str(md),
+                                 "--publish-dir", str(out / "pub2")])
+    assert r.exit_code == 0, r.output
+    assert "| domain-router-k2 |" in md.read_text() and (out / "pub2" / "routing_heatmap.png").is_file()
