@@ -166,6 +166,17 @@ def test_generate_and_route_explain_who_answered(compositions, tiny_experts, tin
     gens = rt.generate(PROMPTS, max_new_tokens=4)
     assert len(gens) == 3 and all(len(g.token_ids) <= 4 for g in gens)
     assert gens[1].trace["candidates"] == ["law"] and gens[1].trace["gate_mass"]["medicine"] == 0.0
+    a, b = (rt.generate(PROMPTS[:1], max_new_tokens=5, temperature=0.9, top_p=0.9, seed=3) for _ in range(2))
+    assert a[0].token_ids == b[0].token_ids                # sampling is reproducible with a seed
     r = rt.route(PROMPTS[:1])[0]
     assert len(r["per_layer"]) == rt.base.num_layers and r["gate_mass"]["public"] > 0
     assert sum(r["gate_mass"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_tag_and_licence_filters(compositions, tiny_experts, tiny_base_dir):
+    rt = CompositionRuntime.load(compositions / "all3", tiny_experts, fresh_base(tiny_base_dir))
+    assert rt.plan(PROMPTS[:1], tags=["law"]).candidates == [["law"]]
+    assert rt.plan(PROMPTS[:1], exclude_tags=["code"]).candidates == [["medicine", "law"]]
+    plan = rt.plan(PROMPTS[:1], licences=["MIT"])              # the tiny experts are "unspecified"
+    assert plan.fallback == [True] and any("licence 'unspecified'" in n for n in plan.notes[0])
+    assert rt.plan(PROMPTS[:1], licences=["unspecified"]).candidates == [["medicine", "law", "code"]]
