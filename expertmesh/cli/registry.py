@@ -195,7 +195,8 @@ def revoke_token_cmd(db, data_dir, token_id) -> None:  # noqa: ANN001
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def audit_cmd(subject, limit, as_json) -> None:  # noqa: ANN001
-    """Show the audit log (admins: everything; owners: their own experts), newest first.
+    """Show the audit log through the registry API with your login (admins: everything; owners: their own
+    experts and account), newest first.
 
     Example: expertmesh registry audit --subject law-expert --limit 20
     """

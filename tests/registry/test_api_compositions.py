@@ -7,7 +7,7 @@ import json
 import tarfile
 
 import pytest
-from conftest import OTHER_FP, assert_error, make_composition_dir, make_expert_package, raw_tar
+from tests.registry.conftest import OTHER_FP, assert_error, make_composition_dir, make_expert_package, raw_tar
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import io
 import json
 import tarfile
 
-from conftest import assert_error, make_expert_package
+from tests.registry.conftest import assert_error, make_expert_package
 
 from expertmesh.expert.package import verify_package
 from registry.archive import safe_extract

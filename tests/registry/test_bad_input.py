@@ -9,7 +9,7 @@ import json
 import pickle
 
 import pytest
-from conftest import BASE_FP, OTHER_FP, assert_error, blobs_and_rows, make_expert_package, pack, raw_tar
+from tests.registry.conftest import BASE_FP, OTHER_FP, assert_error, blobs_and_rows, make_expert_package, pack, raw_tar
 
 from expertmesh.fileio import sha256_file
 
@@ -253,7 +253,7 @@ def test_validation_errors_have_the_error_body(api):
 def test_base_fingerprint_unset_accepts_any_base_and_records_it(tmp_path, settings):
     from fastapi.testclient import TestClient
 
-    from conftest import Api
+    from tests.registry.conftest import Api
     from registry.app import create_app
 
     app = create_app(settings.with_(base_fingerprint=None))

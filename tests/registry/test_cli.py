@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import ADMIN_TOKEN, make_expert_package
+from tests.registry.conftest import ADMIN_TOKEN, make_expert_package
 
 from expertmesh.cli.main import cli
 

@@ -7,7 +7,7 @@ import socket
 import time
 
 import pytest
-from conftest import ADMIN_TOKEN, OTHER_FP, blobs_and_rows, make_composition_dir, make_expert_package, pack
+from tests.registry.conftest import ADMIN_TOKEN, OTHER_FP, blobs_and_rows, make_composition_dir, make_expert_package, pack
 
 from clients.registry_client import RegistryClient
 from expertmesh.errors import (

@@ -7,7 +7,7 @@ import sys
 import tarfile
 
 import pytest
-from conftest import make_expert_package, pack, raw_tar
+from tests.registry.conftest import make_expert_package, pack, raw_tar
 
 from expertmesh.errors import ConfigError, IntegrityError, PackageError, PayloadTooLargeError
 from registry.archive import iter_tar, safe_extract, tar_size
