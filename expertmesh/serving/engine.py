@@ -281,10 +281,17 @@ class Engine:
 
     def _join(self, rows: list[_Row]) -> None:
         """Prefill rows (new, or recomputed after a withdrawal/swap) and merge them into the batch."""
-        self._ensure_resident(self._rows + rows)
         t0 = time.perf_counter()
-        batch, logits, trace = KVBatch.prefill(self.comp.model, [r.tokens for r in rows], self._mask(rows),
-                                               self._pad_id, self._fixed(rows))
+        try:
+            self._ensure_resident(self._rows + rows)
+            batch, logits, trace = KVBatch.prefill(self.comp.model, [r.tokens for r in rows], self._mask(rows),
+                                                   self._pad_id, self._fixed(rows))
+        except Exception:                      # these rows are in no batch yet: tell them here
+            err = ExpertMeshError("internal error while reading the prompt; see the server log")
+            err.code = "internal_error"
+            for r in rows:
+                r.handle.emit(Event("error", error=err))
+            raise
         n_tok = sum(len(r.tokens) for r in rows)
         self.counters["prefill_tokens"] += n_tok
         self.counters["prefills"] += 1

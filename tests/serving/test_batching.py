@@ -139,3 +139,23 @@ def test_cancelled_request_leaves_the_batch(make_engine):
     handle_box["h"].cancel()
     assert engine.wait_idle(10)
     assert engine.stats()["counters"]["cancelled"] == 1
+
+
+def test_a_failing_prefill_fails_only_its_requests(make_engine, monkeypatch):
+    engine = make_engine()
+    real = KVBatch.prefill.__func__
+    calls = {"n": 0}
+
+    def flaky(cls, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected fault")
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(KVBatch, "prefill", classmethod(flaky))
+    try:
+        run_sync(engine, PROMPTS[1], max_tokens=3)
+        raise AssertionError("the injected fault should fail the request")
+    except Exception as e:
+        assert getattr(e, "code", "") == "internal_error"
+    assert run_sync(engine, PROMPTS[1], max_tokens=3)[1]["usage"]["completion_tokens"] == 3
