@@ -21,6 +21,7 @@ from expertmesh.errors import (
 )
 from registry.api import accounts, compositions, experts, feed
 from registry.context import Registry
+from registry.publishing import clear_scratch
 from registry.settings import RegistrySettings
 from registry.store import ArtifactStore
 
@@ -101,6 +102,7 @@ def create_app(settings: RegistrySettings, *, store: ArtifactStore | None = None
         clear = getattr(reg.store, "clear_leftovers", None)
         if clear is not None:
             clear()
+        clear_scratch(settings.scratch_dir)
         log.info("registry up: %s", settings.describe())
         try:
             yield

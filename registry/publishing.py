@@ -106,6 +106,21 @@ def unpack(reg: Registry, upload: Path, allowed: set[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def clear_scratch(scratch: Path, older_than_s: float = 3600.0) -> int:
+    """At startup: remove spools and unpack dirs left by a process that was killed mid-upload (young entries
+    may belong to another live replica sharing the data dir)."""
+    import time
+
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for p in scratch.glob("*") if scratch.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mtime < cutoff:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+                removed += 1
+    return removed
+
+
 def file_table(root: Path, exclude: str) -> dict[str, tuple[str, int]]:
     """name -> (sha256, size) of the package files other than ``exclude`` (the manifest or composition.json)."""
     return {p.name: (sha256_file(p), p.stat().st_size) for p in sorted(root.iterdir()) if p.name != exclude}

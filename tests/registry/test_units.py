@@ -144,3 +144,20 @@ def test_core_library_imports_no_web_or_sql():
             "'alembic')]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_startup_clears_only_old_scratch_leftovers(tmp_path):
+    import os
+    import time
+
+    from registry.publishing import clear_scratch
+
+    (tmp_path / "old.upload").write_bytes(b"x")
+    (tmp_path / "unpack-old").mkdir()
+    (tmp_path / "young.upload").write_bytes(b"y")
+    past = time.time() - 7200
+    for p in ("old.upload", "unpack-old"):
+        os.utime(tmp_path / p, (past, past))
+
+    assert clear_scratch(tmp_path) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["young.upload"]
