@@ -131,10 +131,10 @@ def get_owner(session: Session, name: str) -> Owner:
 def create_token(session: Session, actor: Principal, owner_name: str, scopes: list[str] | str,
                  label: str = "") -> tuple[Token, str]:
     """Issue a token; return the row and the secret, which is shown once and never stored."""
-    scopes = parse_scopes(scopes)
-    owner = get_owner(session, owner_name)
     if not actor.is_admin:
         raise PermissionDeniedError("only an admin may issue tokens")
+    scopes = parse_scopes(scopes)
+    owner = get_owner(session, owner_name)
     secret = new_token_secret()
     token = Token(owner_id=owner.id, label=label[:200], scopes=",".join(scopes), token_hash=hash_token(secret),
                   prefix=secret[:10])

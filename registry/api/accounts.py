@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy import select
 
 from registry import auth
 from registry.api.deps import PrincipalDep, RegistryDep
@@ -35,8 +36,6 @@ def create_owner(body: OwnerCreate, reg: RegistryDep, principal: PrincipalDep) -
 
 @router.get("/owners", response_model=list[OwnerPublic])
 def list_owners(reg: RegistryDep, principal: PrincipalDep) -> list[OwnerPublic]:
-    from sqlalchemy import select
-
     with reg.db.read() as s:
         q = select(Owner).order_by(Owner.name)
         if not principal.is_admin:
