@@ -11,7 +11,7 @@ from tests.registry.conftest import ADMIN_TOKEN, OTHER_FP, blobs_and_rows, make_
 
 from clients.registry_client import RegistryClient
 from expertmesh.errors import (
-    BaseMismatchError, ExpertWithdrawnError, IntegrityError, PackageError, PayloadTooLargeError,
+    BaseMismatchError, ExpertWithdrawnError, PackageError, PayloadTooLargeError,
     PermissionDeniedError, RemoteError, UnknownExpertError,
 )
 from expertmesh.expert.package import verify_package
