@@ -59,5 +59,12 @@ def preset(mode: str, **overrides) -> BenchConfig:
 
 
 # Expected wall time on the 2-core reference machine (documented in BENCHMARKS.md).
-EXPECTED_TIME = {"tiny": "~30 s", "quick": "~10-15 min", "full": "~2-3 h (5 experts x 60 steps x 8 x 256 tokens "
-                 "at ~290 tok/s ~ 45 min, pooled LoRA ~ 45 min, evaluation of 32 blocks x 6 domains x ~15 methods)"}
+EXPECTED_TIME = {
+    "tiny": "~20 s",
+    "quick": "~15 min cold on an idle 2-core machine (3 experts + pooled LoRA ~ 8 min, evaluation ~ 5 min); "
+             "~8 min with --reuse (cached corpora and experts)",
+    "full": "not run in this session; estimated ~2.5 h on an idle 2-core machine from the measured throughputs "
+            "(5 experts x 123k tokens + pooled LoRA 614k tokens at ~290 tok/s ~ 70 min; 32 x 256-token blocks x "
+            "6 domains x ~17 forward passes at ~475 tok/s ~ 30 min; federated router 5 rounds x 5 owners x 8 steps "
+            "~ 25 min; MoT 40 steps ~ 12 min), several times that on a shared, loaded machine",
+}
