@@ -322,6 +322,7 @@ def main() -> None:
     ap.add_argument("--max-docs", type=int, default=60)
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--prepare-only", action="store_true", help="build corpora and train/cache the experts, then stop")
     args = ap.parse_args()
     args.work = args.work or str(ROOT / "runs" / ("serving-bench-tiny" if args.tiny else "serving-bench"))
     if args.tiny:
@@ -332,6 +333,9 @@ def main() -> None:
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
 
     base_dir, comp, experts, heldout, record = prepare(args, work)
+    if args.prepare_only:
+        log(f"prepared {work}: {json.dumps(record)}")
+        return
     prompts = make_prompts(base_dir, heldout, 32, args.prompt_tokens)
     rows = []
     for top_k, configs in ((2, [("base", {"include": []}), ("top-2", None)]), (1, [("top-1", None)])):

@@ -5,8 +5,7 @@
     POST /v1/chat/completions             OpenAI chat (the tokenizer's chat template)
     GET  /healthz  (alive)   /readyz  (engine running; registry fresh)   /metrics  (Prometheus)
 
-Streaming is server-sent events exactly as the openai client reads them: ``data: {chunk}\\n\\n`` ... then
-``data: [DONE]\\n\\n``; an error after the stream started is one ``data: {"error": {...}}`` event.
+Streaming is server-sent events exactly as the openai client reads them (openai_format.py).
 Every error leaves through ``error_response``: one mapping from the error tree to a status and the body
 ``{"error": {"code", "message", "detail"}}`` (request-validation and routing errors included).
 
@@ -14,18 +13,14 @@ Run it: ``expertmesh serve --composition NAME|DIR`` (see expertmesh/cli/serve.py
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
-import time
-import uuid
 import weakref
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertmesh.errors import (
@@ -35,7 +30,8 @@ from expertmesh.errors import (
 from expertmesh.serving.engine import Engine
 from expertmesh.serving.errors import ModelNotFoundError, NotReadyError, OverloadedError, RequestTimeoutError
 from expertmesh.serving.metrics import ServingMetrics
-from expertmesh.serving.requests import Event, GenerationRequest
+from expertmesh.serving.openai_format import ChatFormat, CompletionFormat, serve_requests
+from expertmesh.serving.requests import GenerationRequest
 from expertmesh.serving.sampling import SamplingParams
 from expertmesh.serving.schemas import ChatCompletionRequest, CompletionRequest, _Common
 from expertmesh.serving.settings import ServeSettings
@@ -204,7 +200,7 @@ def _add_routes(app: FastAPI) -> None:
         body.check_supported()
         _check_model(settings, engine, body.model)
         reqs = [_build(engine, settings, p, body, body.max_tokens, chat=False) for p in body.prompts()]
-        return await _serve(engine, settings, m, reqs, body, _CompletionFormat(model_id(settings, engine)))
+        return await serve_requests(engine, settings, m, reqs, body, CompletionFormat(model_id(settings, engine)))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, engine: EngineDep, settings: SettingsDep, m: MetricsDep):
@@ -212,7 +208,7 @@ def _add_routes(app: FastAPI) -> None:
         _check_model(settings, engine, body.model)
         text = engine.comp.chat_prompt([msg.as_template_dict() for msg in body.messages])
         reqs = [_build(engine, settings, text, body, body.effective_max_tokens(), chat=True)]
-        return await _serve(engine, settings, m, reqs, body, _ChatFormat(model_id(settings, engine)))
+        return await serve_requests(engine, settings, m, reqs, body, ChatFormat(model_id(settings, engine)))
 
 
 def _model_card(settings: ServeSettings, engine: Engine) -> dict:
@@ -251,170 +247,3 @@ def _build(engine: Engine, settings: ServeSettings, prompt, body: _Common, max_t
     params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
                             stop=body.stop_list(), ignore_eos=body.ignore_eos)
     return GenerationRequest(text, ids, params, body.selection(), trace_tokens=body.return_routing == "tokens")
-
-
-# -- running requests ---------------------------------------------------------------------------------------
-class _State:
-    """What came back for each request (choice) so far."""
-
-    def __init__(self, n: int):
-        self.started = [False] * n
-        self.text = [""] * n
-        self.done: list[dict | None] = [None] * n
-
-    def add(self, i: int, ev: Event) -> None:
-        if ev.kind == "error":
-            raise ev.error
-        if ev.kind == "start":
-            self.started[i] = True
-        elif ev.kind == "delta":
-            self.text[i] += ev.data["text"]
-        elif ev.kind == "done":
-            self.done[i] = ev.data
-
-    @property
-    def all_started(self) -> bool:
-        return all(self.started)
-
-    @property
-    def all_done(self) -> bool:
-        return all(d is not None for d in self.done)
-
-    def usage(self) -> dict:
-        p = sum(d["usage"]["prompt_tokens"] for d in self.done if d)
-        c = sum(d["usage"]["completion_tokens"] for d in self.done if d)
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-async def _serve(engine: Engine, settings: ServeSettings, metrics: ServingMetrics, reqs: list[GenerationRequest],
-                 body: _Common, fmt: "_Format"):
-    loop = asyncio.get_running_loop()
-    q: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-    handles = []
-
-    def sink_for(i: int):
-        return lambda ev: loop.call_soon_threadsafe(q.put_nowait, (i, ev))
-
-    async def next_event() -> tuple[int, Event]:
-        try:
-            return await asyncio.wait_for(q.get(), settings.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestTimeoutError(f"no token within {settings.request_timeout_s} s") from None
-
-    state = _State(len(reqs))
-    early: list[tuple[int, Event]] = []
-    try:
-        for i, r in enumerate(reqs):
-            handles.append(engine.submit(r, sink_for(i)))
-        while not state.all_started:          # refusals (e.g. a withdrawn include) become 4xx, not a stream
-            i, ev = await next_event()
-            state.add(i, ev)
-            early.append((i, ev))
-        if not body.stream:
-            while not state.all_done:
-                i, ev = await next_event()
-                state.add(i, ev)
-    except BaseException:
-        for h in handles:
-            h.cancel()
-        raise
-    if not body.stream:
-        for d in state.done:
-            metrics.observe_done(fmt.endpoint, d)
-        return JSONResponse(fmt.full(state, body.return_routing))
-    return StreamingResponse(_stream(q, early, state, handles, body, fmt, metrics, next_event),
-                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-async def _stream(q, early, state: _State, handles, body: _Common, fmt: "_Format", metrics, next_event):
-    def sse(obj: Any) -> str:
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-    try:
-        for i in range(len(handles)):
-            first = fmt.first_chunk(i)
-            if first is not None:
-                yield sse(first)
-        pending = list(early)
-        while True:
-            if pending:
-                i, ev = pending.pop(0)
-            elif state.all_done:
-                break
-            else:
-                i, ev = await next_event()
-                state.add(i, ev)
-            if ev.kind == "delta":
-                yield sse(fmt.delta_chunk(i, ev.data["text"]))
-            elif ev.kind == "done":
-                metrics.observe_done(fmt.endpoint, ev.data)
-                yield sse(fmt.final_chunk(i, ev.data, body.return_routing))
-        if body.include_usage:
-            yield sse({**fmt.header("chunk"), "choices": [], "usage": state.usage()})
-        yield "data: [DONE]\n\n"
-    except ExpertMeshError as e:
-        yield sse(e.to_body())
-    finally:
-        for h in handles:
-            h.cancel()
-
-
-class _Format:
-    endpoint = ""
-
-    def __init__(self, model: str):
-        self.model = model
-        self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
-
-    def header(self, kind: str) -> dict:
-        return {"id": self.id, "object": self.objects[kind], "created": self.created, "model": self.model}
-
-    def full(self, state: _State, return_routing) -> dict:
-        choices = [self.choice(i, state.text[i], d) for i, d in enumerate(state.done)]
-        out = {**self.header("full"), "choices": choices, "usage": state.usage()}
-        if return_routing:
-            for c, d in zip(choices, state.done):
-                c["routing"] = d["routing"]
-            out["routing"] = choices[0]["routing"] if len(choices) == 1 else [c["routing"] for c in choices]
-        return out
-
-    def final_chunk(self, i: int, done: dict, return_routing) -> dict:
-        out = {**self.header("chunk"), "choices": [self.chunk_choice(i, None, done["finish_reason"])]}
-        if return_routing:
-            out["routing"] = done["routing"]
-        return out
-
-    def delta_chunk(self, i: int, text: str) -> dict:
-        return {**self.header("chunk"), "choices": [self.chunk_choice(i, text, None)]}
-
-    def first_chunk(self, i: int) -> dict | None:
-        return None
-
-
-class _CompletionFormat(_Format):
-    prefix, endpoint = "cmpl", "/v1/completions"
-    objects = {"full": "text_completion", "chunk": "text_completion"}
-
-    def choice(self, i: int, text: str, done: dict) -> dict:
-        return {"index": i, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}
-
-    def chunk_choice(self, i: int, text: str | None, finish: str | None) -> dict:
-        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
-
-
-class _ChatFormat(_Format):
-    prefix, endpoint = "chatcmpl", "/v1/chat/completions"
-    objects = {"full": "chat.completion", "chunk": "chat.completion.chunk"}
-
-    def choice(self, i: int, text: str, done: dict) -> dict:
-        return {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": done["finish_reason"]}
-
-    def chunk_choice(self, i: int, text: str | None, finish: str | None) -> dict:
-        return {"index": i, "delta": {} if text is None else {"content": text}, "logprobs": None,
-                "finish_reason": finish}
-
-    def first_chunk(self, i: int) -> dict:
-        return {**self.header("chunk"), "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                     "logprobs": None, "finish_reason": None}]}

@@ -182,6 +182,8 @@ def test_withdrawal_and_new_version_through_the_registry(registry, serving_exper
         assert _wait(lambda: "law" in engine.withdrawn, BOUND_S + 1)
         t.join(60)
         applied = engine.withdrawal_log[-1]
+        print(f"withdrawal applied {applied['applied_at'] - t_commit:.3f} s after the registry commit "
+              f"({applied['seen_to_applied_s']:.3f} s after the watcher saw it)")
         assert applied["applied_at"] - t_commit < BOUND_S
         before, after = _check_trace(got["routing"]["tokens"], "law", applied["epoch"])
         assert before > 0 and after > 0
