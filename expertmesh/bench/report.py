@@ -249,7 +249,12 @@ def render_markdown(results: dict, plot_dir: Path | str, plot_prefix: str | None
     if ex:
         L.append("### Expert training")
         L.append("")
-        L.append("| expert | steps | tokens | cached | seconds | loss first -> last |")
+        if any(x.get("cached") for x in ex.values()):
+            L.append("Cached experts were trained by an earlier invocation of the same command with the identical "
+                     "config (the cache key is the TrainConfig digest + base fingerprint + training-data digest); "
+                     "seconds are that training's.")
+            L.append("")
+        L.append("| expert | steps | tokens | cached | seconds | loss first -> last (one batch) |")
         L.append("|---|---:|---:|:---:|---:|---|")
         for k, x in ex.items():
             L.append(f"| {k} | {x['steps']} | {x['tokens']:,} | {'yes' if x['cached'] else 'no'} | "
