@@ -29,7 +29,7 @@ def write_plots(results: dict, out: Path) -> dict[str, str]:
     domains = results.get("domains", {}).get("available", [])
     names = ordered_rows(results)
     if rows and domains:
-        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(9, 0.28 * len(domains) * len(names) + 3), 8.5),
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(min(18, max(9, 0.2 * len(domains) * len(names) + 3)), 8.5),
                                       sharex=True)
         width = 0.8 / len(names)
         x = np.arange(len(domains))
