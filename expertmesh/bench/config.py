@@ -64,20 +64,6 @@ EXPECTED_TIME = {
     "quick": "measured 17.4 min cold (corpora, 3 experts, pooled LoRA, 14 methods) on the 2-core machine shared "
              "with 5 other jobs (load average ~6.5, 1 torch thread); an idle machine should fit the 15 min target; "
              "--reuse skips corpora and expert training (~11 min of evaluation and baselines here)",
-    "full": dict(expert_domains=5, max_docs=400, steps=60, batch_size=8, seq_len=256, lr=1e-3, rank=16,
-                     eval_blocks=32, gen_tokens=32, scaling_sizes=[1, 10, 100, 300, 1000]),
-    }
-    if mode not in base:
-        raise ConfigError(f"unknown bench mode {mode!r}")
-    kw = {**base[mode], **{k: v for k, v in overrides.items() if v is not None}}
-    return BenchConfig(mode=mode, **kw)
-
-
-# Expected wall time on the 2-core reference machine (documented in BENCHMARKS.md).
-EXPECTED_TIME = {
-    "tiny": "~20 s",
-    "quick": "~15 min cold on an idle 2-core machine (3 experts + pooled LoRA ~ 8 min, evaluation ~ 5 min); "
-             "~8 min with --reuse (cached corpora and experts)",
     "full": "not run in this session; estimated ~2.5 h on an idle 2-core machine from the measured throughputs "
             "(5 experts x 123k tokens + pooled LoRA 614k tokens at ~290 tok/s ~ 70 min; 32 x 256-token blocks x "
             "6 domains x ~17 forward passes at ~475 tok/s ~ 30 min; federated router 5 rounds x 5 owners x 8 steps "
