@@ -35,8 +35,8 @@ MISMATCH_PREFIX = "composition_mismatch:"
 class OwnerSetup:
     """What one owner's SuperNode holds: its copy of the composition + expert packages, and its private data."""
 
-    composition: str
-    experts: str
+    composition: str | None            # None for kinds that need only the base (the LoRA baseline)
+    experts: str | None
     data: str                          # corpus dir with train.jsonl / heldout.jsonl (or a .jsonl/.txt)
     base: str | None = None            # base model dir (default: the composition's provenance / default base)
     owner: str = ""
@@ -44,13 +44,13 @@ class OwnerSetup:
 
     @classmethod
     def from_node_config(cls, cfg) -> "OwnerSetup":
-        missing = [k for k in ("composition", "experts", "data") if k not in cfg]
-        if missing:
-            raise ExpertMeshError(f"SuperNode node config lacks {missing}; start it with --node-config "
+        if "data" not in cfg:
+            raise ExpertMeshError("SuperNode node config lacks data; start it with --node-config "
                                   "'composition=\"DIR\" experts=\"DIR\" data=\"DIR\"'")
         local = {"epsilon": float(cfg["local-dp-epsilon"]),
                  "clipping_norm": float(cfg.get("local-dp-clip", 1.0))} if "local-dp-epsilon" in cfg else None
-        return cls(composition=str(cfg["composition"]), experts=str(cfg["experts"]), data=str(cfg["data"]),
+        return cls(composition=str(cfg["composition"]) if cfg.get("composition") else None,
+                   experts=str(cfg["experts"]) if cfg.get("experts") else None, data=str(cfg["data"]),
                    base=str(cfg["base"]) if cfg.get("base") else None, owner=str(cfg.get("owner", "")),
                    local_dp=local)
 

@@ -131,6 +131,6 @@ def save_lora_package(model, base, out: str | Path, *, name: str = "fedavg-lora"
     with atomic_directory(out, overwrite=True) as tmp:
         save_peft_adapter(tmp, {p: (a.detach(), b.detach()) for p, (a, b) in model.lora_params.items()}, spec,
                           base_name=str(base.path))
-        save_signature(tmp, anchor, anchor, pilots)
+        save_signature(tmp, anchor.clone(), anchor, pilots)
         finalize_manifest(tmp, manifest)
     return out
