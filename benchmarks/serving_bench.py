@@ -155,6 +155,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "expertmesh.cli.main", "serve", "--composition", str(comp), "--experts",
                str(experts), "--base", str(base_dir), "--host", "127.0.0.1", "--port", str(self.port),
                "--max-batch", str(args.max_batch), "--top-k", str(top_k), "--max-context", "1024",
+               "--threads", str(args.threads),
                "--log-level", "warning"]
         env = {**os.environ, "EXPERTMESH_CONFIG": str(Path(args.work) / "no-login.json"),
                "EXPERTMESH_REGISTRY_URL": ""}
@@ -290,7 +291,9 @@ def report(args, rows, record, load_start, load_end, elapsed) -> str:
         f"1-min load average {load_start:.2f} at start, {load_end:.2f} at end (the machine is shared with other "
         f"engineers' jobs; the server process and the load generator share the same cores). Total {elapsed:.0f} s.",
         "",
-        f"Server: `expertmesh serve` (local directory mode, fp32, max batch {args.max_batch}) over "
+        f"Server: `expertmesh serve` (local directory mode, fp32, max batch {args.max_batch}, {args.threads} torch "
+        f"thread{'s' if args.threads > 1 else ''}: with two OpenMP threads on this oversubscribed machine, decode "
+        "stalls at barriers) over "
         f"{'a tiny config-built model' if args.tiny else 'SmolLM2-135M-Instruct'} + 3 experts (law, medicine, code; "
         f"LoRA r={args.rank} on {'q,v' if args.tiny else 'q,k,v,o'}, {args.steps} training steps of 4 x "
         f"{32 if args.tiny else 128} tokens each on {'toy' if args.tiny else 'real'} corpora, domain router, "
@@ -317,6 +320,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=48)
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="engine torch threads (1: on a shared, oversubscribed CPU two OpenMP threads stall)")
     ap.add_argument("--steps", type=int, default=12, help="training steps per expert (4 x 128 tokens each)")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--max-docs", type=int, default=60)

@@ -180,6 +180,8 @@ class Engine:
     # -- worker -----------------------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        if self.settings.threads is not None:
+            torch.set_num_threads(self.settings.threads)   # OpenMP's thread count is per calling thread
         while not self._stop.is_set():
             try:
                 self._apply_control()

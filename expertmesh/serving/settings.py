@@ -38,6 +38,8 @@ class ServeSettings:
     request_timeout_s: float = 600.0
     max_body_bytes: int = 4 * 1024 * 1024     # request bodies above this get 413 before any parsing
     top_k: int | None = None                  # override the composition's top-k (benchmarks: 1 vs 2)
+    threads: int | None = None                # torch threads of the engine (None: torch's default). On a
+                                              # shared, oversubscribed CPU, 1 avoids OpenMP barrier stalls
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
@@ -57,6 +59,8 @@ class ServeSettings:
         check_int("max_body_bytes", self.max_body_bytes, lo=1024)
         if self.top_k is not None:
             check_int("top_k", self.top_k, lo=1)
+        if self.threads is not None:
+            check_int("threads", self.threads, lo=1, hi=1024)
         if self.registry_url is not None and not str(self.registry_url).startswith(("http://", "https://")):
             raise ConfigError(f"registry_url={self.registry_url!r} must start with http:// or https://")
 
