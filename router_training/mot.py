@@ -69,7 +69,8 @@ class MoTConfig:
 
 def interaction_depths(num_layers: int, count: int) -> list[int]:
     """Decoder layers after which an interaction layer runs: evenly spaced, e.g. 30 layers, 3 -> [7, 14, 21]."""
-    count = min(count, num_layers)
+    if count >= num_layers:
+        return list(range(num_layers))
     return sorted({max(0, round((i + 1) * num_layers / (count + 1)) - 1) for i in range(count)})
 
 
