@@ -308,7 +308,11 @@ def report(args, rows, record, load_start, load_end, elapsed) -> str:
         lines.append(f"| {r['config']} | {r['clients']} | {r['requests']} | {r['tokens_per_s']:.1f} | {r['p50_s']:.2f} "
                      f"| {r['p99_s']:.2f} | {r['ttft_p50_s']:.2f} | {r['mean_rows_per_forward']:.2f} |")
     lines += ["", "p99 is nearest-rank over the level's requests (4-16 samples: it is the slowest request). "
-              "rows/forward = generated tokens / forwards (prefill + decode) during the level, from /metrics."]
+              "rows/forward = generated tokens / forwards (prefill + decode) during the level, from /metrics.",
+              "", "top-1 and top-2 cost the same by construction: each adapted projection runs one stacked matmul "
+              "over every resident expert's factors (3 x r=16 = 48 extra columns next to a 576-wide base "
+              "projection) and top-k only changes the gate weights; base skips the LoRA matmuls because no row of "
+              "its batches allows an expert."]
     return "\n".join(lines)
 
 
