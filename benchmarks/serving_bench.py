@@ -310,9 +310,9 @@ def report(args, rows, record, load_start, load_end, elapsed) -> str:
     lines += ["", "p99 is nearest-rank over the level's requests (4-16 samples: it is the slowest request). "
               "rows/forward = generated tokens / forwards (prefill + decode) during the level, from /metrics.",
               "", "top-1 and top-2 cost the same by construction: each adapted projection runs one stacked matmul "
-              "over every resident expert's factors (3 x r=16 = 48 extra columns next to a 576-wide base "
-              "projection) and top-k only changes the gate weights; base skips the LoRA matmuls because no row of "
-              "its batches allows an expert."]
+              f"over every resident expert's factors ({len(DOMAINS)} x r={args.rank} = {len(DOMAINS) * args.rank} "
+              f"extra columns next to a {'576' if not args.tiny else 'tiny'}-wide base projection) and top-k only "
+              "changes the gate weights; base skips the LoRA matmuls because no row of its batches allows an expert."]
     return "\n".join(lines)
 
 
