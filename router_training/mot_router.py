@@ -88,6 +88,11 @@ class MoTComposed:
         self.mot.close()
         self.composed.close()
 
+    def routing(self, *args, **kwargs):
+        """What token-level engines call to run the base under a gate; MoT runs K expert copies instead."""
+        raise ConfigError("a 'mot' composition cannot run in a token-gate engine (the serving engine's continuous "
+                          "batching); generate with CompositionRuntime.generate / `expertmesh compose generate`")
+
     def _rows(self, allowed: torch.Tensor | None, batch: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         if allowed is None:
             return None, torch.ones(batch, dtype=torch.bool)

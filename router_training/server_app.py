@@ -43,8 +43,8 @@ MISMATCH_PREFIX = "composition_mismatch:"
 
 @dataclass
 class ServerSetup:
-    composition: str                     # the composition to tune (its router rows / members)
-    experts: str                         # its member packages (dir of packages)
+    composition: str | None              # the composition to tune (None for kind "lora")
+    experts: str | None                  # its member packages (dir of packages)
     out: str                             # run directory
     base: str | None = None
     kind: str = "router"                 # router | mot
@@ -74,11 +74,14 @@ class ServerSetup:
                                    "clipping_norm": float(rc.get("dp-clip", 1.0)),
                                    "noise_multiplier": float(rc.get("dp-noise", 0.5)),
                                    "epsilon": float(rc.get("dp-epsilon", 10.0))})
-        if not rc.get("composition") or not rc.get("experts") or not rc.get("out"):
-            raise ConfigError("run config needs composition, experts and out (flwr run --run-config "
+        kind = str(rc.get("kind", "router"))
+        need = ["out"] + (["composition", "experts"] if get_kind(kind).needs_composition else [])
+        if any(not rc.get(k) for k in need):
+            raise ConfigError(f"run config needs {need} (flwr run --run-config "
                               "'composition=\"DIR\" experts=\"DIR\" out=\"DIR\"')")
-        return cls(composition=str(rc["composition"]), experts=str(rc["experts"]), out=str(rc["out"]),
-                   base=str(rc["base"]) if rc.get("base") else None, kind=str(rc.get("kind", "router")),
+        return cls(composition=str(rc["composition"]) if rc.get("composition") else None,
+                   experts=str(rc["experts"]) if rc.get("experts") else None, out=str(rc["out"]),
+                   base=str(rc["base"]) if rc.get("base") else None, kind=kind,
                    kind_options=json.loads(str(rc.get("kind-options", "{}"))),
                    train=json.loads(str(rc.get("train-config", "{}"))), federation=fed,
                    name=str(rc["name"]) if rc.get("name") else None, seed=int(rc.get("seed", 0)),
