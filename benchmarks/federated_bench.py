@@ -141,7 +141,9 @@ def eval_composition(comp: Path, experts: Path, base: str | None, corpora: dict,
             for d, blocks in held.items():
                 if hasattr(rt.model, "mot"):
                     out["all"][d] = evaluate_mot(rt.model.mot, blocks, start=0)["loss"]
-                    out["after_prefix"][d] = evaluate_mot(rt.model.mot, blocks, start=cfg["select_tokens"])["loss"]
+                    ev = evaluate_mot(rt.model.mot, blocks, start=cfg["select_tokens"])
+                    out["after_prefix"][d] = ev["loss"]
+                    out.setdefault("primary_share", {})[d] = ev["primary_share"]
                     tokens += 2 * blocks.numel()
                 else:
                     out["all"][d] = evaluate_composed_from(rt.model, blocks, start=0)

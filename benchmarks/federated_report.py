@@ -53,6 +53,10 @@ def _gain_notes(results: dict) -> list[str]:
                      f"{a['MoT (central)']:.4f} vs untuned router {a['untuned router']:.4f}"
                      + (f", central-tuned router {a['central tuned']:.4f}" if "central tuned" in a else "")
                      + f", oracle {a.get('oracle', float('nan')):.4f}.")
+        share = results["methods"]["MoT (central)"].get("primary_share")
+        if share:
+            notes.append("- MoT primary per held-out domain: " + "; ".join(
+                f"{d}: " + ", ".join(f"{n} {v:.0%}" for n, v in s.items() if v > 0) for d, s in share.items()) + ".")
     return notes
 
 
@@ -90,7 +94,9 @@ def render(results: dict, *, tiny: bool) -> str:
             None if name == "FedAvg LoRA" else (0 if name == "untuned router" else rp))
         lines.append(f"| {name} | {params if params is not None else 'LoRA'} | {c.get('train_tokens', 0)} | "
                      f"{c.get('seconds', '')} | {results['methods'][name].get('eval_tokens_per_second', '')} |")
-    lines += ["", "Observations (computed from the tables above):", ""] + _gain_notes(results)
+    lines += ["", "Eval tokens/s is forward throughput during the held-out evaluation on a machine shared with other "
+              "jobs: compare rows of one run only, and loosely.", "",
+              "Observations (computed from the tables above):", ""] + _gain_notes(results)
     return "\n".join(lines) + "\n"
 
 

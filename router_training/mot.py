@@ -1,7 +1,8 @@
 """Mixture-of-Thoughts (MoT) over a composition's LoRA experts: a selector and cross-expert interaction layers.
 
 Per request the selector reads the prompt (mean input embedding of its first ``select_tokens`` tokens), scores
-the allowed experts, keeps the top K and makes the best one the *primary*. The K experts run side by side as
+the allowed candidates (the members and, with ``include_public``, the public base itself, which is the gate's
+always-present entry 0), keeps the top K and makes the best one the *primary*. The K experts run side by side as
 K copies of the batch through the one frozen base (copy c uses only expert c's LoRA, via the composed model's
 sequence-level ``fixed_weights``). After a few evenly spaced decoder layers an interaction layer projects every
 active copy's hidden state into a shared latent space (an expert-specific projection d -> latent), and the
@@ -45,6 +46,7 @@ class MoTConfig:
     num_heads: int = 4
     select_tokens: int = 32        # prompt tokens the selector reads
     selector_hidden: int = 128
+    include_public: bool = True    # the public base (no LoRA) is a candidate too, like the gate's public entry
 
     def __post_init__(self) -> None:
         check_int("top_k", self.top_k, lo=1, hi=64)
@@ -55,6 +57,8 @@ class MoTConfig:
             raise ConfigError(f"latent_dim={self.latent_dim} must be a multiple of num_heads={self.num_heads}")
         check_int("select_tokens", self.select_tokens, lo=1)
         check_int("selector_hidden", self.selector_hidden, lo=1)
+        if not isinstance(self.include_public, bool):
+            raise ConfigError(f"include_public={self.include_public!r} must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,9 +133,9 @@ class Interaction(nn.Module):
 class MoTOutput:
     logits: torch.Tensor                   # [B, T, V], the primary's
     loss: torch.Tensor | None
-    experts: torch.Tensor                  # [B, K] expert indices, column 0 = primary
+    experts: torch.Tensor                  # [B, K] candidate indices (N = public), column 0 = primary
     weights: torch.Tensor                  # [B, K] selector weights over the active experts
-    scores: torch.Tensor                   # [B, N] selector scores (-inf = not allowed)
+    scores: torch.Tensor                   # [B, C] selector scores over candidates (-inf = not allowed)
 
 
 class _Ctx:
@@ -161,11 +165,16 @@ class MoTModel(nn.Module):
         n, d, L = len(composed.experts), base.config.hidden_size, base.config.num_hidden_layers
         if n == 0:
             raise ConfigError("a MoT composition needs at least one expert")
+        # Candidates: the N members, then (include_public) the public base as candidate N.
         self.num_experts, self.hidden_size = n, d
+        self.num_candidates = n + int(cfg.include_public)
         self.depths = interaction_depths(L, cfg.num_interaction)
-        rows = composed.router.expert_rows.detach()
-        self.selector = Selector(d, rows[0].float(), cfg.selector_hidden)
-        self.interactions = nn.ModuleList(Interaction(d, n, cfg.latent_dim, cfg.num_heads) for _ in self.depths)
+        keys = composed.router.expert_rows.detach()[0].float()                          # layer-0 rows [N, d]
+        if cfg.include_public:
+            keys = torch.cat([keys, composed.router.anchor_rows.detach()[0:1].float()], 0)
+        self.selector = Selector(d, keys, cfg.selector_hidden)
+        self.interactions = nn.ModuleList(Interaction(d, self.num_candidates, cfg.latent_dim, cfg.num_heads)
+                                          for _ in self.depths)
         self._ctx: _Ctx | None = None
         layers = decoder_layers(base)
         self._hooks = [layers[l].register_forward_hook(self._make_hook(i)) for i, l in enumerate(self.depths)]
@@ -173,6 +182,14 @@ class MoTModel(nn.Module):
     @property
     def expert_names(self) -> list[str]:
         return self.composed.expert_names
+
+    @property
+    def candidate_names(self) -> list[str]:
+        return self.expert_names + (["public"] if self.cfg.include_public else [])
+
+    def gate_columns(self, idx: torch.Tensor) -> torch.Tensor:
+        """Candidate index -> column of the composed model's gate ([public, members]): member j -> j+1, public -> 0."""
+        return torch.where(idx < self.num_experts, idx + 1, torch.zeros_like(idx))
 
     def close(self) -> None:
         for h in self._hooks:
@@ -182,7 +199,8 @@ class MoTModel(nn.Module):
     # -- selection --------------------------------------------------------------------------------------
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                allowed: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, N] selector scores from the first ``select_tokens`` valid prompt tokens; -inf where not allowed."""
+        """[B, C] selector scores (C candidates) from the first ``select_tokens`` valid prompt tokens; -inf where
+        not allowed. ``allowed`` [B, N] covers the members; the public candidate is always allowed."""
         emb = self.composed.base_model.get_input_embeddings()(input_ids).float()
         mask = torch.ones(input_ids.shape, dtype=torch.float32) if attention_mask is None else attention_mask.float()
         first = (mask.cumsum(1) <= self.cfg.select_tokens).float() * mask
@@ -192,6 +210,8 @@ class MoTModel(nn.Module):
             allowed = allowed.to(torch.bool)
             if allowed.dim() == 1:
                 allowed = allowed[None].expand(s.shape[0], -1)
+            if self.cfg.include_public:
+                allowed = torch.cat([allowed, torch.ones(allowed.shape[0], 1, dtype=torch.bool)], 1)
             s = s.masked_fill(~allowed, float("-inf"))
         return s
 
@@ -259,10 +279,10 @@ class MoTModel(nn.Module):
 
     # -- forward and generation -------------------------------------------------------------------------
     def _one_hot(self, experts: torch.Tensor) -> torch.Tensor:
-        """[C, B] expert indices -> [C*B, N+1] sequence-level gate weights (entry 0 = public gets 0)."""
+        """[C, B] candidate indices -> [C*B, N+1] sequence-level gate weights (one-hot; public -> entry 0)."""
         flat = experts.reshape(-1)
         fixed = torch.zeros(flat.shape[0], self.num_experts + 1)
-        fixed[torch.arange(flat.shape[0]), flat + 1] = 1.0
+        fixed[torch.arange(flat.shape[0]), self.gate_columns(flat)] = 1.0
         return fixed
 
     def run_decoder(self, ids: torch.Tensor, experts: torch.Tensor, ctx: _Ctx | None, *,

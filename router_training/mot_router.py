@@ -24,7 +24,8 @@ from expertmesh.errors import ConfigError
 from expertmesh.mixture.model import RoutingTrace
 from router_training.mot import MoTConfig, MoTModel
 
-ARCH_FIELDS = ("top_k", "num_interaction", "latent_dim", "num_heads", "select_tokens", "selector_hidden")
+ARCH_FIELDS = ("top_k", "num_interaction", "latent_dim", "num_heads", "select_tokens", "selector_hidden",
+               "include_public")
 # Per-member tensors of a MoT (first dimension = member), what subset_tensors must index when dropping members.
 _PER_MEMBER = ("selector.keys", "selector.bias")
 
@@ -34,7 +35,7 @@ def _per_member(key: str) -> bool:
 
 
 def mot_tensors(mot: MoTModel) -> dict[str, torch.Tensor]:
-    arch = torch.tensor([getattr(mot.cfg, f) for f in ARCH_FIELDS], dtype=torch.int64)
+    arch = torch.tensor([int(getattr(mot.cfg, f)) for f in ARCH_FIELDS], dtype=torch.int64)
     return {"mot.arch": arch, **{f"mot.{k}": v.detach().float() for k, v in mot.state_dict().items()}}
 
 
@@ -42,6 +43,7 @@ def mot_from_tensors(composed, tensors: dict[str, torch.Tensor], top_k: int | No
     if "mot.arch" not in tensors:
         raise ConfigError("this composition has no mot.arch tensor; build it with router type 'mot'")
     cfg = dict(zip(ARCH_FIELDS, (int(x) for x in tensors["mot.arch"].tolist())))
+    cfg["include_public"] = bool(cfg.get("include_public", 0))
     if top_k is not None:
         cfg["top_k"] = int(top_k)
     mot = MoTModel(composed, MoTConfig(**cfg))
@@ -107,11 +109,11 @@ class MoTComposed:
         mass[~live, 0] = 1.0                                     # answered by the public base
         rows = torch.nonzero(live).flatten()
         if out is not None:
-            mass[rows[:, None], out.experts + 1] = out.weights.float()
+            mass[rows[:, None], self.mot.gate_columns(out.experts)] = out.weights.float()
         notes = [[] for _ in range(batch)]
         for i, b in enumerate(rows.tolist()):
             if out is not None:
-                names = [self.expert_names[j] for j in out.experts[i].tolist()]
+                names = [self.mot.candidate_names[j] for j in out.experts[i].tolist()]
                 notes[b] = [f"mot primary: {names[0]}", f"mot peers: {names[1:]}"]
         L = self.base_model.config.num_hidden_layers
         return RoutingTrace(entries=self.entries, mass=mass, per_layer=mass[None].expand(L, -1, -1).clone(),
@@ -189,7 +191,7 @@ class MoTRouter(RouterType):
             from router_training.mot_train import MOT_WEIGHTS_FILE, read_mot_config
 
             meta = read_mot_config(artifact)
-            arch = torch.tensor([meta["config"][f] for f in ARCH_FIELDS], dtype=torch.int64)
+            arch = torch.tensor([int(meta["config"].get(f, 0)) for f in ARCH_FIELDS], dtype=torch.int64)
             state = load_file(str(Path(artifact) / MOT_WEIGHTS_FILE))
             trained, order = {"mot.arch": arch, **{f"mot.{k}": v for k, v in state.items()}}, meta["experts"]
         if order != names:
@@ -204,7 +206,10 @@ class MoTRouter(RouterType):
     def subset_tensors(self, tensors, keep):
         core = {k: v for k, v in tensors.items() if not k.startswith("mot.")}
         out = super().subset_tensors(core, keep)
-        idx = torch.tensor(keep, dtype=torch.int64)
+        n = int(tensors["expert_rows"].shape[1])
+        public = bool(int(tensors["mot.arch"][ARCH_FIELDS.index("include_public")])) \
+            if len(tensors["mot.arch"]) == len(ARCH_FIELDS) else False
+        idx = torch.tensor(list(keep) + ([n] if public else []), dtype=torch.int64)   # the public candidate is last
         for k, v in tensors.items():
             if k.startswith("mot."):
                 out[k] = v[idx] if _per_member(k[4:]) else v

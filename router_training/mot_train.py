@@ -93,8 +93,8 @@ def num_parameters(mot: MoTModel) -> int:
 
 # -- training --------------------------------------------------------------------------------------------------
 def _capture(mot: MoTModel, ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
-    """All experts, pure, no grad: hidden states at the interaction depths and per-block losses [N, B]."""
-    N, B = mot.num_experts, ids.shape[0]
+    """All candidates, pure, no grad: hidden states at the interaction depths and per-block losses [C, B]."""
+    N, B = mot.num_candidates, ids.shape[0]
     experts = torch.arange(N)[:, None].expand(N, B)
     ctx = _Ctx("capture", experts, torch.ones(N, B), torch.ones(ids.shape, dtype=torch.long), captured={})
     with torch.no_grad():
@@ -165,17 +165,17 @@ def evaluate_mot(mot: MoTModel, blocks: torch.Tensor, *, start: int | None = Non
     start = mot.cfg.select_tokens if start is None else start
     if start >= blocks.shape[1] - 1:
         raise ConfigError(f"blocks of {blocks.shape[1]} tokens leave nothing to score after start={start}")
-    total, count, primaries = 0.0, 0, torch.zeros(mot.num_experts)
+    total, count, primaries = 0.0, 0, torch.zeros(mot.num_candidates)
     t0 = time.perf_counter()
     for i in range(0, len(blocks), batch_size):
         ids = blocks[i:i + batch_size]
         out = mot(ids, allowed=allowed)
         total += float(lm_loss(out.logits, ids, start=start)) * len(ids)
         count += len(ids)
-        primaries += torch.bincount(out.experts[:, 0], minlength=mot.num_experts).float()
+        primaries += torch.bincount(out.experts[:, 0], minlength=mot.num_candidates).float()
     seconds = time.perf_counter() - t0
     return {"loss": total / max(count, 1), "start": start,
-            "primary_share": {n: round(float(primaries[j]) / max(count, 1), 4) for j, n in enumerate(mot.expert_names)},
+            "primary_share": {n: round(float(primaries[j]) / max(count, 1), 4) for j, n in enumerate(mot.candidate_names)},
             "tokens_per_second": round(count * blocks.shape[1] / seconds, 1) if seconds > 0 else 0.0}
 
 

@@ -4,7 +4,7 @@ Each simulation starts Ray once (one actor, one core) and takes ~15-20 s on an i
 """
 from __future__ import annotations
 
-import shutil
+import math
 
 import pytest
 
@@ -66,7 +66,7 @@ def test_dropped_owner_does_not_break_rounds_with_local_dp(tmp_path, rt_composit
         assert sorted(r["train"]) == ["law", "medicine"]
         assert any("does not exist" in f["reason"] for f in r["failures"])
         assert all(v["update-norm"] > 0 for v in r["train"].values())
-    assert history["dp_noise_std"] == pytest.approx(1.0 * (2 * __import__("math").log(1.25e5)) ** 0.5 / 50.0)
+    assert history["dp_noise_std"] == pytest.approx(1.0 * math.sqrt(2 * math.log(1.25 / 1e-5)) / 50.0)
 
 
 def test_central_dp_runs_and_clips(tmp_path, rt_composition, rt_experts, tiny_base_dir, tiny_corpora):
@@ -108,7 +108,7 @@ def test_mot_federated_through_the_same_apps(tmp_path, rt_composition, rt_expert
     rt = load_runtime(history["output"]["composition"], rt_experts, str(tiny_base_dir))
     assert rt.spec.router_type == "mot"
     out = rt.generate(["def main(argv): return"], max_new_tokens=4)
-    assert out[0].trace["gate_mass"]["public"] == 0.0
+    assert sum(out[0].trace["gate_mass"].values()) == pytest.approx(1.0)
     rt.close()
 
 

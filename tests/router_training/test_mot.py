@@ -31,7 +31,7 @@ def test_untrained_mot_is_exactly_the_primary_expert(mot, runtime, tiny_corpora)
     ids = blocks_of(runtime, tiny_corpora, "heldout")["law"][:3]
     out = mot(ids)
     fixed = torch.zeros(3, len(DOMAINS) + 1)
-    fixed[torch.arange(3), out.experts[:, 0] + 1] = 1.0
+    fixed[torch.arange(3), mot.gate_columns(out.experts[:, 0])] = 1.0
     ref = runtime.model(ids, fixed_weights=fixed).logits
     assert torch.allclose(out.logits, ref, atol=1e-5)
     assert out.weights.shape == (3, 2) and torch.allclose(out.weights.sum(1), torch.ones(3))
@@ -75,8 +75,12 @@ def test_excluded_expert_is_never_selected_or_run(mot, runtime, tiny_corpora):
     allowed[law] = False
     out = mot(ids, allowed=allowed)
     assert law not in out.experts.flatten().tolist()
+    only_public = mot(ids, allowed=torch.zeros(len(DOMAINS), dtype=torch.bool))     # the public candidate remains
+    assert only_public.experts.flatten().tolist() == [len(DOMAINS)] * 4
+    no_public = MoTModel(runtime.model, MoTConfig(**{**ARCH.to_dict(), "include_public": False}))
     with pytest.raises(ConfigError, match="no expert is allowed"):
-        mot(ids, allowed=torch.zeros(len(DOMAINS), dtype=torch.bool))
+        no_public(ids, allowed=torch.zeros(len(DOMAINS), dtype=torch.bool))
+    no_public.close()
 
 
 def test_mot_composition_loads_generates_and_drops_members_exactly(tmp_path, mot, runtime, rt_experts,
