@@ -4,11 +4,13 @@ On real corpora (law, medicine, code) with the default base (SmolLM2-135M) and t
 held-out loss per domain for:
   base              the public base alone
   oracle expert     each domain's own expert, fixed weight 1 (routing upper reference, needs the domain label)
+  oracle gated      each domain's own expert behind the two-way gate {public, expert} its owner trained it with
   untuned router    FlexOlmo domain composition (owners' rows, no joint training)
   federated tuned   Flower FedAvg over router rows + bias, 3 owners (simulation engine)
   central tuned     same budget on pooled data (upper bound for federated tuning)
   federated + DP    client-side clipping with central noise; local DP (LocalDpMod)
-  MoT (central)     Mixture-of-Thoughts selector + interaction layers trained on pooled data
+  MoT (central)     Mixture-of-Thoughts selector + interaction layers trained on pooled data, with gated streams
+                    (default) and with LoRA-alone streams (the paper's form), plus gated untrained (no training)
   FedAvg LoRA       one LoRA trained by plain FedAvg across owners, same total tokens as the three experts
 and the cost side: trained parameters, training time and tokens, evaluation tokens/s.
 
@@ -40,7 +42,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMET
 
 DOMAINS = ("law", "medicine", "code")
 REAL = {"seq_len": 128, "batch": 4, "eval_blocks": 8, "rounds": 3, "local_steps": 4, "select_tokens": 32,
-        "mot_steps": 24, "mot": {"top_k": 2, "num_interaction": 3, "latent_dim": 64, "num_heads": 4,
+        "mot_steps": 72, "mot": {"top_k": 2, "num_interaction": 3, "latent_dim": 64, "num_heads": 4,
                                  "select_tokens": 32, "selector_hidden": 128},
         "tune_lr": 1e-2, "mot_lr": 2e-3, "lora": {"r": 8, "alpha": 16.0, "dropout": 0.0,
                                                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
@@ -52,6 +54,11 @@ TINY = {**REAL, "seq_len": 32, "eval_blocks": 4, "rounds": 2, "local_steps": 4, 
                 "selector_hidden": 16},
         "tune_lr": 2e-2, "mot_lr": 1e-2, "lora": {**REAL["lora"], "r": 4, "alpha": 8.0}, "lora_lr": 1e-2,
         "lora_rounds": 2, "lora_local_steps": 4, "expert_steps": 100}
+
+
+# MoT rows: (name, streams, steps; None = cfg["mot_steps"]). Untrained gated MoT isolates what training adds.
+MOT_VARIANTS = (("MoT gated, untrained", "gated", 0), ("MoT gated (central)", "gated", None),
+                ("MoT LoRA streams (central)", "lora", None))
 
 
 def log(msg: str) -> None:
@@ -166,16 +173,18 @@ def eval_references(comp: Path, experts: Path, base: str | None, corpora: dict, 
     try:
         held = heldout(rt.base.tokenizer, corpora, cfg)
         n = len(rt.member_names)
-        res = {"base": {"all": {}, "after_prefix": {}}, "oracle": {"all": {}, "after_prefix": {}}}
+        res = {k: {"all": {}, "after_prefix": {}} for k in ("base", "oracle", "oracle gated")}
         for d, blocks in held.items():
             only_base = torch.zeros(1, n + 1)
             only_base[0, 0] = 1.0
             own = torch.zeros(1, n + 1)
             own[0, rt.member_names.index(d) + 1] = 1.0
-            for name, fw in (("base", only_base), ("oracle", own)):
-                res[name]["all"][d] = evaluate_composed_from(rt.model, blocks, start=0, fixed_weights=fw)
-                res[name]["after_prefix"][d] = evaluate_composed_from(rt.model, blocks, start=cfg["select_tokens"],
-                                                                      fixed_weights=fw)
+            own_gate = own[:, 1:].bool()        # the token gate over {public, own expert}, as its owner trained it
+            for name, fw, allowed in (("base", only_base, None), ("oracle", own, None),
+                                      ("oracle gated", None, own_gate)):
+                for key, start in (("all", 0), ("after_prefix", cfg["select_tokens"])):
+                    res[name][key][d] = evaluate_composed_from(rt.model, blocks, start=start, fixed_weights=fw,
+                                                               allowed=allowed)
         return res
     finally:
         rt.close()
@@ -270,17 +279,18 @@ def main() -> None:
     if "dp-local" not in skip:
         timed("federated + local DP", lambda: federated("federated + local DP", cfg["dp_local"]))
     if "mot" not in skip:
-        def mot():
+        def mot(name, streams, steps):
             h = train_central("mot", str(comp), str(experts), [str(corpora[d]) for d in DOMAINS],
-                              {"steps": cfg["mot_steps"], "batch_size": cfg["batch"], "seq_len": cfg["seq_len"],
-                               "lr": cfg["mot_lr"]}, out=str(work / "mot"), base=base, kind_options=cfg["mot"])
+                              {"steps": steps, "batch_size": cfg["batch"], "seq_len": cfg["seq_len"],
+                               "lr": cfg["mot_lr"]}, out=str(work / name.replace(" ", "-").replace(",", "")),
+                              base=base, kind_options={**cfg["mot"], "streams": streams})
             meta = read_mot_config(h["output"]["artifact"])
-            results["costs"].setdefault("MoT (central)", {}).update({"train_tokens": h["stats"]["tokens"], "parameters": meta["parameters"],
-                                                 "depths": meta["depths"],
-                                                 "train_tokens_per_second": h["stats"]["tokens_per_second"]})
-            results["methods"]["MoT (central)"] = eval_composition(Path(h["output"]["composition"]), experts, base,
-                                                                   corpora, cfg)
-        timed("MoT (central)", mot)
+            results["costs"].setdefault(name, {}).update({
+                "train_tokens": h["stats"]["tokens"], "parameters": meta["parameters"], "depths": meta["depths"],
+                "train_tokens_per_second": h["stats"]["tokens_per_second"]})
+            results["methods"][name] = eval_composition(Path(h["output"]["composition"]), experts, base, corpora, cfg)
+        for name, streams, steps in MOT_VARIANTS:
+            timed(name, lambda: mot(name, streams, cfg["mot_steps"] if steps is None else steps))
     if "fedavg-lora" not in skip:
         def fedlora():
             run = work / "fedavg-lora"

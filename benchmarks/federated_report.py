@@ -4,9 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 START, END = "<!-- federated-bench:start -->", "<!-- federated-bench:end -->"
-ORDER = ["base", "oracle", "untuned router", "federated tuned", "central tuned", "federated + central DP",
-         "federated + local DP", "MoT (central)", "FedAvg LoRA"]
-LABEL = {"oracle": "oracle: own expert, fixed weight 1 (needs the domain label)"}
+MOT = ["MoT gated, untrained", "MoT gated (central)", "MoT LoRA streams (central)"]
+ORDER = ["base", "oracle", "oracle gated", "untuned router", "federated tuned", "central tuned", "federated + central DP",
+         "federated + local DP", *MOT, "FedAvg LoRA"]
+REFERENCES = ("base", "oracle", "oracle gated")     # evaluated, never trained: no cost row
+LABEL = {"oracle": "oracle: own expert, fixed weight 1 (needs the domain label)",
+         "oracle gated": "oracle gated: own expert behind its two-way gate {public, expert}"}
 
 
 def _mean(d: dict) -> float:
@@ -47,15 +50,15 @@ def _gain_notes(results: dict) -> list[str]:
     if "FedAvg LoRA" in m and "untuned router" in m:
         notes.append(f"- FedAvg single LoRA: mean {m['FedAvg LoRA']:.4f} vs "
                      f"untuned composition {m['untuned router']:.4f} and oracle {m.get('oracle', float('nan')):.4f}.")
-    if "MoT (central)" in results["methods"] and "untuned router" in results["methods"]:
-        a = {k: _mean(v["after_prefix"]) for k, v in results["methods"].items()}
-        notes.append(f"- MoT (positions after the {results['config']['select_tokens']}-token selector prefix): mean "
-                     f"{a['MoT (central)']:.4f} vs untuned router {a['untuned router']:.4f}"
+    a = {k: _mean(v["after_prefix"]) for k, v in results["methods"].items()}
+    for name in (n for n in MOT if n in a and "untuned router" in a):
+        notes.append(f"- {name} (positions after the {results['config']['select_tokens']}-token selector prefix): "
+                     f"mean {a[name]:.4f} vs untuned router {a['untuned router']:.4f}"
                      + (f", central-tuned router {a['central tuned']:.4f}" if "central tuned" in a else "")
                      + f", oracle {a.get('oracle', float('nan')):.4f}.")
-        share = results["methods"]["MoT (central)"].get("primary_share")
+        share = results["methods"][name].get("primary_share")
         if share:
-            notes.append("- MoT primary per held-out domain: " + "; ".join(
+            notes.append(f"- {name}, primary per held-out domain: " + "; ".join(
                 f"{d}: " + ", ".join(f"{n} {v:.0%}" for n, v in s.items() if v > 0) for d, s in share.items()) + ".")
     return notes
 
@@ -73,24 +76,26 @@ def render(results: dict, *, tiny: bool) -> str:
              f"Federated tuning: Flower simulation, {cfg['rounds']} rounds x 3 owners x {cfg['local_steps']} local "
              f"steps (batch {cfg['batch']}); central tuning: the same number of steps on pooled data. MoT: top-"
              f"{cfg['mot']['top_k']}, {cfg['mot']['num_interaction']} interaction layers, latent "
-             f"{cfg['mot']['latent_dim']}, {cfg['mot_steps']} steps on pooled data. FedAvg LoRA: "
+             f"{cfg['mot']['latent_dim']}, {cfg['mot_steps']} steps on pooled data; gated streams run through the "
+             f"token gate (a peer: public + its expert; the primary: public + the selected experts), LoRA streams "
+             f"are each expert's LoRA alone. FedAvg LoRA: "
              f"{cfg['lora_rounds']} rounds x 3 owners x {cfg['lora_local_steps']} steps = "
              f"{costs.get('FedAvg LoRA', {}).get('train_tokens', '?')} tokens (the three experts together: "
              f"{costs.get('FedAvg LoRA', {}).get('experts_train_tokens', '?')}).",
              "", "Held-out loss (nats/token, all positions; lower is better):", ""]
-    lines += _table(results, "all", [n for n in ORDER if n != "MoT (central)"])
+    lines += _table(results, "all", [n for n in ORDER if n not in MOT])
     lines += ["", f"Held-out loss on positions after the first {cfg['select_tokens']} tokens (MoT's selector reads "
               "them, so they are not scored for anyone here):", ""]
-    lines += _table(results, "after_prefix", ["base", "oracle", "untuned router", "federated tuned", "central tuned",
-                                              "MoT (central)"])
+    lines += _table(results, "after_prefix", ["base", "oracle", "oracle gated", "untuned router", "federated tuned", "central tuned",
+                                              *MOT])
     lines += ["", "Cost:", "", "| method | trained parameters | train tokens | wall time (s) | eval tokens/s |",
               "|---|---|---|---|---|"]
     rp = costs.get("router parameters")
-    for name in ORDER[2:]:
+    for name in (n for n in ORDER if n not in REFERENCES):
         if name not in results["methods"]:
             continue
         c = costs.get(name, {})
-        params = c.get("parameters") if name == "MoT (central)" else (
+        params = c.get("parameters") if name in MOT else (
             None if name == "FedAvg LoRA" else (0 if name == "untuned router" else rp))
         lines.append(f"| {name} | {params if params is not None else 'LoRA'} | {c.get('train_tokens', 0)} | "
                      f"{c.get('seconds', '')} | {results['methods'][name].get('eval_tokens_per_second', '')} |")

@@ -3,13 +3,19 @@
 Per request the selector reads the prompt (mean input embedding of its first ``select_tokens`` tokens), scores
 the allowed candidates (the members and, with ``include_public``, the public base itself, which is the gate's
 always-present entry 0), keeps the top K and makes the best one the *primary*. The K experts run side by side as
-K copies of the batch through the one frozen base (copy c uses only expert c's LoRA, via the composed model's
-sequence-level ``fixed_weights``). After a few evenly spaced decoder layers an interaction layer projects every
+K copies of the batch through the one frozen base (copy c is candidate c's stream, see ``streams`` below).
+After a few evenly spaced decoder layers an interaction layer projects every
 active copy's hidden state into a shared latent space (an expert-specific projection d -> latent), and the
 primary cross-attends, causally, to the latents of all active copies (itself included) at positions <= its own;
-the attention output is projected back (latent -> d, zero-initialised, so an untrained MoT is exactly the
-primary expert alone) and added to the primary's residual stream. Peers are never modified; the answer is the
-primary's next-token distribution. Experts and base stay frozen: only the selector and interaction layers train.
+the attention output is projected back (latent -> d, zero-initialised) and added to the primary's residual
+stream. Peers are never modified; the answer is the primary's next-token distribution. Experts and base stay
+frozen: only the selector and interaction layers train.
+
+What a stream is (``streams``): with "gated" (default) a stream is its expert as its owner trained it, behind
+the composition's two-way token gate {public, expert} (the public candidate's stream is the base alone), so an
+untrained MoT is exactly the selector's top expert behind its gate and training adds the peers' thoughts on
+top. With "lora" a stream is the expert's LoRA alone (gate fixed at 1), as in the paper, where every stream is a
+whole expert model; the experts were not trained to run ungated, and it measured worse here (BENCHMARKS.md).
 
 Cost: K forward passes per token (K=2: ~2x a single gated mixture), plus the interaction layers (~0.5M params
 for SmolLM2 with 3 experts, latent 64, 3 depths). Opt-out: an excluded expert gets score -inf, is never selected
@@ -33,7 +39,9 @@ from torch import nn
 from expertmesh.errors import ConfigError
 from expertmesh.mixture.gate import normalise_hidden
 from expertmesh.mixture.model import decoder_layers
-from expertmesh.validate import check_int
+from expertmesh.validate import check_choice, check_int
+
+STREAM_KINDS = ("lora", "gated")    # index = the code stored in a composition's mot.arch tensor
 
 
 @dataclass
@@ -47,6 +55,9 @@ class MoTConfig:
     select_tokens: int = 32        # prompt tokens the selector reads
     selector_hidden: int = 128
     include_public: bool = True    # the public base (no LoRA) is a candidate too, like the gate's public entry
+    # "gated": a stream is its expert behind the two-way gate {public, expert} it was trained with;
+    # "lora": a stream is its expert's LoRA alone (the paper's form).
+    streams: str = "gated"
 
     def __post_init__(self) -> None:
         check_int("top_k", self.top_k, lo=1, hi=64)
@@ -59,6 +70,7 @@ class MoTConfig:
         check_int("selector_hidden", self.selector_hidden, lo=1)
         if not isinstance(self.include_public, bool):
             raise ConfigError(f"include_public={self.include_public!r} must be true or false")
+        check_choice("streams", self.streams, list(STREAM_KINDS))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -288,16 +300,26 @@ class MoTModel(nn.Module):
     def run_decoder(self, ids: torch.Tensor, experts: torch.Tensor, ctx: _Ctx | None, *,
                     attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                     cache=None, use_cache: bool = False):
-        """Run the base's decoder on ``ids`` (copy-major [C*B, T]) with copy c using only expert experts[c]."""
+        """Run the base's decoder on ``ids`` (copy-major [C*B, T]), copy c as candidate experts[c]'s stream."""
         base = self.composed.base_model
+        if self.cfg.streams == "gated":
+            routing = {"allowed": self._gate_masks(experts)}
+        else:
+            routing = {"fixed_weights": self._one_hot(experts)}
         self._ctx = ctx
         try:
-            with self.composed.routing(ids.shape[0], fixed_weights=self._one_hot(experts),
-                                       attention_mask=attention_mask):
+            with self.composed.routing(ids.shape[0], attention_mask=attention_mask, **routing):
                 return base.get_decoder()(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
                                           cache=cache, use_cache=use_cache)
         finally:
             self._ctx = None
+
+    def _gate_masks(self, experts: torch.Tensor) -> torch.Tensor:
+        """[C, B] candidates -> [C*B, N] gate masks: copy c may use member experts[c] only, beside the gate's
+        public entry (the public candidate: no member, so the base alone)."""
+        allowed = torch.zeros(experts.numel(), self.num_experts + 1, dtype=torch.bool)     # column N = public
+        allowed[torch.arange(experts.numel()), experts.reshape(-1)] = True
+        return allowed[:, :self.num_experts]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, *, allowed: torch.Tensor | None = None,

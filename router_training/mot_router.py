@@ -22,10 +22,10 @@ import torch
 from expertmesh.compose.routers import RouterType, register_router
 from expertmesh.errors import ConfigError
 from expertmesh.mixture.model import RoutingTrace
-from router_training.mot import MoTConfig, MoTModel
+from router_training.mot import STREAM_KINDS, MoTConfig, MoTModel
 
 ARCH_FIELDS = ("top_k", "num_interaction", "latent_dim", "num_heads", "select_tokens", "selector_hidden",
-               "include_public")
+               "include_public", "streams")
 # Per-member tensors of a MoT (first dimension = member), what subset_tensors must index when dropping members.
 _PER_MEMBER = ("selector.keys", "selector.bias")
 
@@ -35,8 +35,13 @@ def _per_member(key: str) -> bool:
 
 
 def mot_tensors(mot: MoTModel) -> dict[str, torch.Tensor]:
-    arch = torch.tensor([int(getattr(mot.cfg, f)) for f in ARCH_FIELDS], dtype=torch.int64)
-    return {"mot.arch": arch, **{f"mot.{k}": v.detach().float() for k, v in mot.state_dict().items()}}
+    return {"mot.arch": arch_tensor(mot.cfg), **{f"mot.{k}": v.detach().float() for k, v in mot.state_dict().items()}}
+
+
+def arch_tensor(cfg: MoTConfig) -> torch.Tensor:
+    """The architecture as int64 codes (booleans as 0/1, streams as its index in STREAM_KINDS)."""
+    codes = {"streams": STREAM_KINDS.index(cfg.streams)}
+    return torch.tensor([codes[f] if f in codes else int(getattr(cfg, f)) for f in ARCH_FIELDS], dtype=torch.int64)
 
 
 def mot_from_tensors(composed, tensors: dict[str, torch.Tensor], top_k: int | None = None) -> MoTModel:
@@ -44,6 +49,8 @@ def mot_from_tensors(composed, tensors: dict[str, torch.Tensor], top_k: int | No
         raise ConfigError("this composition has no mot.arch tensor; build it with router type 'mot'")
     cfg = dict(zip(ARCH_FIELDS, (int(x) for x in tensors["mot.arch"].tolist())))
     cfg["include_public"] = bool(cfg.get("include_public", 0))
+    # Compositions stored before ``streams`` existed were trained with LoRA-alone streams (code 0).
+    cfg["streams"] = STREAM_KINDS[cfg.get("streams", 0)]
     if top_k is not None:
         cfg["top_k"] = int(top_k)
     mot = MoTModel(composed, MoTConfig(**cfg))
@@ -188,10 +195,10 @@ class MoTRouter(RouterType):
         else:
             from safetensors.torch import load_file
 
-            from router_training.mot_train import MOT_WEIGHTS_FILE, read_mot_config
+            from router_training.mot_train import MOT_WEIGHTS_FILE, mot_config_from_saved, read_mot_config
 
             meta = read_mot_config(artifact)
-            arch = torch.tensor([int(meta["config"].get(f, 0)) for f in ARCH_FIELDS], dtype=torch.int64)
+            arch = arch_tensor(mot_config_from_saved(meta["config"]))
             state = load_file(str(Path(artifact) / MOT_WEIGHTS_FILE))
             trained, order = {"mot.arch": arch, **{f"mot.{k}": v for k, v in state.items()}}, meta["experts"]
         if order != names:
@@ -207,8 +214,8 @@ class MoTRouter(RouterType):
         core = {k: v for k, v in tensors.items() if not k.startswith("mot.")}
         out = super().subset_tensors(core, keep)
         n = int(tensors["expert_rows"].shape[1])
-        public = bool(int(tensors["mot.arch"][ARCH_FIELDS.index("include_public")])) \
-            if len(tensors["mot.arch"]) == len(ARCH_FIELDS) else False
+        at = ARCH_FIELDS.index("include_public")
+        public = len(tensors["mot.arch"]) > at and bool(int(tensors["mot.arch"][at]))
         idx = torch.tensor(list(keep) + ([n] if public else []), dtype=torch.int64)   # the public candidate is last
         for k, v in tensors.items():
             if k.startswith("mot."):

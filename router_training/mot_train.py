@@ -2,7 +2,7 @@
 
 One training step on a batch of B blocks (N experts in the composition, K active):
   1. capture (no grad): all N experts run as N stacked copies; the hidden state after each interaction depth
-     is kept, and each expert's own loss per block gives the selector its target, softmax(-loss / tau);
+     is kept, and each stream's own loss per block gives the selector its target, softmax(-loss / tau);
   2. selection: the selector scores the blocks' prefixes; the primary is the best expert for the block with
      probability ``teacher_forcing`` (so interaction layers learn with good primaries), else the selector's pick;
      the peers are the selector's next K-1;
@@ -106,11 +106,11 @@ def _capture(mot: MoTModel, ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
 
 def mot_step(mot: MoTModel, ids: torch.Tensor, cfg: MoTTrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
     B = ids.shape[0]
-    captured, expert_losses = _capture(mot, ids)                                   # [N, B]
+    captured, expert_losses = _capture(mot, ids)                                   # [C, B]
     scores = mot.scores(ids)
-    target = torch.softmax(-expert_losses.t() / cfg.target_temperature, dim=1)     # [B, N]
+    target = torch.softmax(-expert_losses.t() / cfg.target_temperature, dim=1)     # [B, C]
     sel_loss = -(target * torch.log_softmax(scores, dim=1)).sum(1).mean()
-    best = expert_losses.argmin(0)
+    best = target.argmax(1)
     forced = torch.rand(B, generator=gen) < cfg.teacher_forcing
     primary = torch.where(forced, best, scores.detach().argmax(1))
     idx, w = mot.select(scores, primary)
@@ -181,7 +181,7 @@ def evaluate_mot(mot: MoTModel, blocks: torch.Tensor, *, start: int | None = Non
 
 @torch.no_grad()
 def evaluate_composed_from(composed, blocks: torch.Tensor, *, start: int, batch_size: int = 8,
-                           fixed_weights: torch.Tensor | None = None) -> float:
+                           fixed_weights: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> float:
     """The token-level router's loss on the same positions as ``evaluate_mot`` (for a like-for-like number)."""
     was = composed.training
     composed.eval()
@@ -190,7 +190,8 @@ def evaluate_composed_from(composed, blocks: torch.Tensor, *, start: int, batch_
         for i in range(0, len(blocks), batch_size):
             ids = blocks[i:i + batch_size]
             fw = None if fixed_weights is None else fixed_weights.expand(len(ids), -1)
-            total += float(lm_loss(composed(ids, fixed_weights=fw).logits, ids, start=start)) * len(ids)
+            ok = None if allowed is None else allowed.expand(len(ids), -1)
+            total += float(lm_loss(composed(ids, fixed_weights=fw, allowed=ok).logits, ids, start=start)) * len(ids)
             count += len(ids)
     finally:
         composed.train(was)
@@ -224,6 +225,11 @@ def read_mot_config(path: str | Path) -> dict:
     return meta
 
 
+def mot_config_from_saved(config: dict) -> MoTConfig:
+    """A saved mot.json config; one written before ``streams`` existed was trained with LoRA-alone streams."""
+    return MoTConfig.from_dict({"streams": "lora", **config})
+
+
 def load_mot(path: str | Path, composed) -> MoTModel:
     """Rebuild a saved MoT on a ComposedModel holding the same experts in the same order."""
     from safetensors.torch import load_file
@@ -232,7 +238,7 @@ def load_mot(path: str | Path, composed) -> MoTModel:
     if meta["experts"] != composed.expert_names:
         raise PackageError(f"MoT at {path} was trained for experts {meta['experts']}, the composition has "
                            f"{composed.expert_names}; retrain it (expertmesh federate mot-train)")
-    mot = MoTModel(composed, MoTConfig.from_dict(meta["config"]))
+    mot = MoTModel(composed, mot_config_from_saved(meta["config"]))
     set_mot_arrays(mot, load_file(str(Path(path) / MOT_WEIGHTS_FILE)))
     mot.eval()
     return mot

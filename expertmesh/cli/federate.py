@@ -127,6 +127,9 @@ def tune(composition, experts, out, base, name, clients, rounds, min_clients, fr
 @click.option("--latent-dim", default=64, show_default=True, type=int)
 @click.option("--heads", default=4, show_default=True, type=int)
 @click.option("--select-tokens", default=32, show_default=True, type=int, help="Prompt tokens the selector reads.")
+@click.option("--streams", default="gated", show_default=True, type=click.Choice(["gated", "lora"]),
+              help="gated: each stream runs through the token gate (public + its experts); lora: each stream is "
+                   "one expert's LoRA alone (the paper's form).")
 @click.option("--steps", default=8, show_default=True, type=int, help="Local steps per owner per round.")
 @click.option("--batch-size", default=4, show_default=True, type=int)
 @click.option("--seq-len", default=128, show_default=True, type=int)
@@ -135,14 +138,14 @@ def tune(composition, experts, out, base, name, clients, rounds, min_clients, fr
 @click.option("--registry", default=None, help="Publish the MoT composition to this registry URL.")
 @click.option("--seed", default=0, show_default=True, type=int)
 def mot_train(composition, experts, out, base, name, clients, rounds, min_clients, fraction, round_timeout, dp,
-              dp_clip, dp_noise, dp_epsilon, cpus, top_k, interaction_layers, latent_dim, heads, select_tokens, steps,
-              batch_size, seq_len, lr, central, registry, seed) -> None:
+              dp_clip, dp_noise, dp_epsilon, cpus, top_k, interaction_layers, latent_dim, heads, select_tokens, streams,
+              steps, batch_size, seq_len, lr, central, registry, seed) -> None:
     """Train Mixture-of-Thoughts (selector + interaction layers; experts and base frozen), federated or central.
 
     Example: expertmesh federate mot-train --composition comps/clinic --experts experts --clients corpora/law,corpora/code --central --steps 10 --out runs/mot
     """
     arch = {"top_k": top_k, "num_interaction": interaction_layers, "latent_dim": latent_dim, "num_heads": heads,
-            "select_tokens": select_tokens}
+            "select_tokens": select_tokens, "streams": streams}
     train = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed}
     _run("mot", composition, experts, base, out, name, train, arch, central, clients, rounds, min_clients,
          fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed)

@@ -27,14 +27,33 @@ def test_interaction_depths_are_evenly_spaced():
     assert interaction_depths(2, 5) == [0, 1]
 
 
-def test_untrained_mot_is_exactly_the_primary_expert(mot, runtime, tiny_corpora):
+def test_untrained_mot_with_lora_streams_is_exactly_the_primary_expert(runtime, tiny_corpora):
+    mot = MoTModel(runtime.model, MoTConfig(**{**ARCH.to_dict(), "streams": "lora"}))
     ids = blocks_of(runtime, tiny_corpora, "heldout")["law"][:3]
     out = mot(ids)
     fixed = torch.zeros(3, len(DOMAINS) + 1)
     fixed[torch.arange(3), mot.gate_columns(out.experts[:, 0])] = 1.0
     ref = runtime.model(ids, fixed_weights=fixed).logits
+    mot.close()
     assert torch.allclose(out.logits, ref, atol=1e-5)
     assert out.weights.shape == (3, 2) and torch.allclose(out.weights.sum(1), torch.ones(3))
+
+
+def test_untrained_mot_with_gated_streams_is_exactly_the_primary_behind_its_gate(mot, runtime, tiny_corpora):
+    # Prepare: rows from every domain, so primaries differ per row
+    ids = torch.cat([blocks_of(runtime, tiny_corpora, "heldout")[d][:2] for d in DOMAINS])
+    # Execute
+    out = mot(ids)
+    # Assert: the token gate over {public, primary} (a public primary: the base alone), not the expert ungated
+    primary = out.experts[:, 0]
+    allowed = torch.zeros(len(ids), len(DOMAINS) + 1, dtype=torch.bool)
+    allowed[torch.arange(len(ids)), primary] = True
+    assert mot.cfg.streams == "gated" and len(set(primary.tolist())) > 1
+    ref = runtime.model(ids, allowed=allowed[:, :len(DOMAINS)]).logits
+    assert torch.allclose(out.logits, ref, atol=1e-5)
+    ungated = torch.zeros(len(ids), len(DOMAINS) + 1)
+    ungated[torch.arange(len(ids)), mot.gate_columns(primary)] = 1.0
+    assert not torch.allclose(out.logits, runtime.model(ids, fixed_weights=ungated).logits, atol=1e-3)
 
 
 def test_mot_training_reduces_heldout_loss_and_trains_only_its_layers(mot, runtime, tiny_corpora):
@@ -107,3 +126,25 @@ def test_mot_composition_loads_generates_and_drops_members_exactly(tmp_path, mot
     dropped = rt.logits(ids, plan=rt.plan(["x"]))
     assert torch.allclose(masked, dropped, atol=1e-5)
     rt.close()
+
+
+def test_stored_architecture_round_trips_streams_and_reads_older_mots_as_lora(mot, runtime):
+    from router_training.mot_router import ARCH_FIELDS, arch_tensor, mot_from_tensors, mot_tensors
+    from router_training.mot_train import mot_config_from_saved
+
+    for streams in ("gated", "lora"):
+        cfg = MoTConfig(**{**ARCH.to_dict(), "streams": streams})
+        assert mot_config_from_saved(cfg.to_dict()) == cfg
+        tensors = {**mot_tensors(mot), "mot.arch": arch_tensor(cfg)}
+        rebuilt = mot_from_tensors(runtime.model, tensors)
+        assert rebuilt.cfg == cfg
+        rebuilt.close()
+    # Stored before ``streams`` existed: the arch tensor lacks its field and mot.json lacks its key
+    old = {**mot_tensors(mot), "mot.arch": arch_tensor(ARCH)[:ARCH_FIELDS.index("streams")]}
+    legacy = mot_from_tensors(runtime.model, old)
+    assert legacy.cfg.streams == "lora"
+    legacy.close()
+    saved = {k: v for k, v in ARCH.to_dict().items() if k != "streams"}
+    assert mot_config_from_saved(saved).streams == "lora"
+    with pytest.raises(ConfigError, match="streams"):
+        MoTConfig(streams="sideways")
