@@ -1,14 +1,14 @@
 """Composition router type ``mot``: Mixture-of-Thoughts as a composition the runtime can load and generate with.
 
 router.safetensors of a ``mot`` composition holds the usual core tensors (the members' rows, used only to
-initialise the selector) plus ``mot.arch`` (int64: top_k, num_interaction, latent_dim, num_heads,
-select_tokens, selector_hidden) and ``mot.<name>`` for every selector / interaction weight. Build one with
+initialise the selector) plus ``mot.arch`` (int64 codes of ARCH_FIELDS) and ``mot.<name>`` for every selector / interaction weight. Build one with
 
     build_composition("clinic-mot", "experts/", "mot", base=base, out="compositions/clinic-mot", top_k=2,
                       mot=trained_mot_model)            # or artifact="runs/mot" (a save_mot directory)
 
 ``CompositionRuntime.load`` imports this module lazily (router_training.mot registers it), so
-``expertmesh compose generate`` works on a stored ``mot`` composition. The runtime model honours the
+``expertmesh compose generate`` works on a stored ``mot`` composition, and ``expertmesh serve`` batches it with
+MoTBatch (router_training/mot_batch.py). The runtime model honours the
 ComposedModel contract (forward/generate with ``allowed``, ``last_trace``, ``close``); its trace reports the
 selector's weights over the active experts, constant across layers (MoT routes per request, not per token).
 A request that leaves no expert is answered by the public base, as with the other router types.
@@ -23,6 +23,7 @@ from expertmesh.compose.routers import RouterType, register_router
 from expertmesh.errors import ConfigError
 from expertmesh.mixture.model import RoutingTrace
 from router_training.mot import STREAM_KINDS, MoTConfig, MoTModel
+from router_training.mot_batch import MoTBatch
 
 ARCH_FIELDS = ("top_k", "num_interaction", "latent_dim", "num_heads", "select_tokens", "selector_hidden",
                "include_public", "streams")
@@ -65,6 +66,8 @@ def mot_from_tensors(composed, tensors: dict[str, torch.Tensor], top_k: int | No
 class MoTComposed:
     """The runtime model of a ``mot`` composition (ComposedModel contract, MoT inside)."""
 
+    batch_class = MoTBatch      # what `expertmesh serve`'s engine batches this model's rows with
+
     def __init__(self, composed, mot: MoTModel):
         self.composed, self.mot = composed, mot
         self.last_trace: RoutingTrace | None = None
@@ -98,9 +101,9 @@ class MoTComposed:
         self.composed.close()
 
     def routing(self, *args, **kwargs):
-        """What token-level engines call to run the base under a gate; MoT runs K expert copies instead."""
-        raise ConfigError("a 'mot' composition cannot run in a token-gate engine (the serving engine's continuous "
-                          "batching); generate with CompositionRuntime.generate / `expertmesh compose generate`")
+        """What token-level code calls to run the base under one gate; MoT runs K expert streams instead."""
+        raise ConfigError("a 'mot' composition does not run under a single token gate; use its forward/generate "
+                          "(the serving engine batches it with MoTBatch)")
 
     def _rows(self, allowed: torch.Tensor | None, batch: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         if allowed is None:
@@ -110,7 +113,7 @@ class MoTComposed:
             allowed = allowed[None].expand(batch, -1)
         return allowed, allowed.any(1)
 
-    def _trace(self, out, live: torch.Tensor, batch: int) -> RoutingTrace:
+    def trace_for(self, out, live: torch.Tensor, batch: int) -> RoutingTrace:
         E = len(self.entries)
         mass = torch.zeros(batch, E)
         mass[~live, 0] = 1.0                                     # answered by the public base
@@ -135,7 +138,7 @@ class MoTComposed:
         if not bool(live.all()):
             raise ConfigError("MoT forward needs at least one allowed expert per row (generate falls back to the base)")
         out = self.mot(input_ids, attention_mask, labels, allowed=allowed)
-        self.last_trace = self._trace(out, live, B) if trace else None
+        self.last_trace = self.trace_for(out, live, B) if trace else None
         return out
 
     __call__ = forward
@@ -173,7 +176,7 @@ class MoTComposed:
         out = torch.full((B, width), pad, dtype=torch.long)
         for b, p in pieces.items():
             out[b, :len(p)] = p
-        self.last_trace = self._trace(sel, live, B) if trace else None
+        self.last_trace = self.trace_for(sel, live, B) if trace else None
         return out
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expertmesh.errors import UnknownExpertError
+from expertmesh.serving.kvbatch import KVBatch
 
 
 @dataclass
@@ -52,6 +53,12 @@ class ServedComposition:
     @property
     def model(self):
         return self.runtime.model
+
+    @property
+    def batch_class(self):
+        """How the engine batches rows: KVBatch (KV-cached, one token gate), unless the model brings its own
+        (a ``mot`` composition's MoTBatch)."""
+        return getattr(self.model, "batch_class", KVBatch)
 
     @property
     def members(self) -> list[str]:

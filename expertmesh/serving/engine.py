@@ -286,7 +286,7 @@ class Engine:
         t0 = time.perf_counter()
         try:
             self._ensure_resident(self._rows + rows)
-            batch, logits, trace = KVBatch.prefill(self.comp.model, [r.tokens for r in rows], self._mask(rows),
+            batch, logits, trace = self.comp.batch_class.prefill(self.comp.model, [r.tokens for r in rows], self._mask(rows),
                                                    self._pad_id, self._fixed(rows))
         except Exception:                      # these rows are in no batch yet: tell them here
             err = ExpertMeshError("internal error while reading the prompt; see the server log")

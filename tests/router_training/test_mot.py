@@ -148,3 +148,75 @@ def test_stored_architecture_round_trips_streams_and_reads_older_mots_as_lora(mo
     assert mot_config_from_saved(saved).streams == "lora"
     with pytest.raises(ConfigError, match="streams"):
         MoTConfig(streams="sideways")
+
+
+@pytest.fixture()
+def served_mot(tmp_path, mot, runtime, rt_experts, tiny_base_dir, tiny_corpora):
+    """A trained MoT stored as a ``mot`` composition and loaded the way `expertmesh serve` loads it."""
+    from expertmesh.base import load_base
+    from expertmesh.compose.build import build_composition
+    from expertmesh.serving.composition import load_served
+
+    train_mot(mot, pool_blocks(blocks_of(runtime, tiny_corpora, "train").values()),
+              MoTTrainConfig(steps=5, seq_len=32, lr=1e-2))
+    build_composition("tiny-mot", rt_experts, "mot", base=runtime.base, out=tmp_path / "mot", top_k=2, mot=mot,
+                      provenance={"base": str(tiny_base_dir)})
+    comp = load_served(tmp_path / "mot", rt_experts, load_base(str(tiny_base_dir)))
+    yield comp
+    comp.close()
+
+
+def test_mot_batch_rows_of_any_mask_and_length_equal_each_row_alone(served_mot):
+    from router_training.mot_batch import MoTBatch
+
+    model, pad = served_mot.model, served_mot.tokenizer.pad_token_id or 0
+    assert served_mot.batch_class is MoTBatch
+    seqs = [served_mot.encode(p) for p in ("def main(argv): return", "the court held", "the patient was given")]
+    mask = torch.tensor([[True, True, True], [False, True, False], [False, False, False]])
+    batch, logits, trace = MoTBatch.prefill(model, seqs, mask, pad)
+    alone = [MoTBatch.prefill(model, [s], mask[i:i + 1], pad) for i, s in enumerate(seqs)]
+    for step in range(3):
+        for i, (_, single, _) in enumerate(alone):
+            torch.testing.assert_close(logits[i], single[0], atol=1e-4, rtol=1e-4)
+        tokens = logits.argmax(-1).tolist()
+        logits, trace = batch.decode(model, tokens, mask)
+        alone = [(b, b.decode(model, [tokens[i]], mask[i:i + 1])[0], None) for i, (b, _, _) in enumerate(alone)]
+    assert trace.row(2)["public"] == 1.0                          # nothing allowed: the public base answers
+    assert trace.row(1)["law"] > 0 and trace.row(1)["code"] == 0 == trace.row(1)["medicine"]
+    batch.select([2, 0])
+    assert batch.size == 2 and batch.seqs[0][:len(seqs[2])] == seqs[2]
+
+
+def test_serve_engine_runs_a_mot_composition_with_opt_outs(served_mot):
+    from expertmesh.serving.composition import Selection
+    from expertmesh.serving.engine import Engine
+    from expertmesh.serving.requests import SyncSink
+    from expertmesh.serving.settings import ServeSettings
+    from tests.serving.conftest import collect, submit
+
+    prompt = "def main(argv): return"
+    ids = torch.tensor([served_mot.encode(prompt)])
+    alone = served_mot.model.generate(ids, max_new_tokens=6)[0, ids.shape[1]:].tolist()
+    engine = Engine(served_mot, ServeSettings(max_context=256, batch_wait_ms=50)).start()
+    try:
+        sinks = [SyncSink() for _ in range(3)]
+        for sink, sel in zip(sinks, (Selection(), Selection(include=["law"]), Selection(include=[]))):
+            submit(engine, prompt, sink, max_tokens=6, selection=sel)
+        (text_all, done_all), (text_law, done_law), (text_none, done_none) = [collect(s) for s in sinks]
+        withdrawn = done_all["routing"]["experts"][0]
+        engine.apply_withdrawn({withdrawn})                        # its owner withdraws the primary's expert
+        assert engine.wait_idle() and engine.withdrawn == {withdrawn}
+        after = SyncSink()
+        submit(engine, prompt, after, max_tokens=3)
+        _, done_after = collect(after)
+    finally:
+        engine.stop()
+    # the same greedy tokens as the runtime's own MoT generation, one request at a time
+    assert text_all == served_mot.decode(alone)
+    assert done_all["usage"]["completion_tokens"] == 6 and done_all["max_batch"] >= 2
+    weights = done_all["routing"]["weights"]                  # the selector's weights over the active streams
+    assert sum(weights.values()) == pytest.approx(1.0) and done_all["routing"]["experts"]
+    assert done_law["routing"]["weights"]["code"] == 0 == done_law["routing"]["weights"]["medicine"]
+    assert done_law["routing"]["weights"]["law"] > 0
+    assert done_none["routing"]["weights"]["public"] == pytest.approx(1.0) and text_none
+    assert done_after["routing"]["weights"][withdrawn] == 0 and withdrawn not in done_after["routing"]["experts"]
