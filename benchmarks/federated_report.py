@@ -56,6 +56,13 @@ def _gain_notes(results: dict) -> list[str]:
                      f"mean {a[name]:.4f} vs untuned router {a['untuned router']:.4f}"
                      + (f", central-tuned router {a['central tuned']:.4f}" if "central tuned" in a else "")
                      + f", oracle {a.get('oracle', float('nan')):.4f}.")
+        c, r = results["costs"].get(name, {}), results["methods"][name]
+        base_tps = results["methods"].get("untuned router", {}).get("eval_tokens_per_second")
+        if c.get("train_tokens") and base_tps and r.get("eval_tokens_per_second"):
+            notes.append(f"- {name} cost: {c.get('parameters')} trained parameters on {c['train_tokens']} tokens "
+                         f"({c.get('seconds')} s; router tuning trained on "
+                         f"{results['costs'].get('central tuned', {}).get('train_tokens', '?')}); evaluation at {r['eval_tokens_per_second'] / base_tps:.2f}x "
+                         f"the untuned router's tokens/s (K streams per token).")
         share = results["methods"][name].get("primary_share")
         if share:
             notes.append(f"- {name}, primary per held-out domain: " + "; ".join(
@@ -76,9 +83,9 @@ def render(results: dict, *, tiny: bool) -> str:
              f"Federated tuning: Flower simulation, {cfg['rounds']} rounds x 3 owners x {cfg['local_steps']} local "
              f"steps (batch {cfg['batch']}); central tuning: the same number of steps on pooled data. MoT: top-"
              f"{cfg['mot']['top_k']}, {cfg['mot']['num_interaction']} interaction layers, latent "
-             f"{cfg['mot']['latent_dim']}, {cfg['mot_steps']} steps on pooled data; gated streams run through the "
-             f"token gate (a peer: public + its expert; the primary: public + the selected experts), LoRA streams "
-             f"are each expert's LoRA alone. FedAvg LoRA: "
+             f"{cfg['mot']['latent_dim']}, {cfg['mot_steps']} steps on pooled data; a gated stream is its expert behind "
+             f"the two-way gate {{public, expert}} its owner trained it with, a LoRA stream is the expert's LoRA "
+             f"alone at weight 1 (the paper's form). FedAvg LoRA: "
              f"{cfg['lora_rounds']} rounds x 3 owners x {cfg['lora_local_steps']} steps = "
              f"{costs.get('FedAvg LoRA', {}).get('train_tokens', '?')} tokens (the three experts together: "
              f"{costs.get('FedAvg LoRA', {}).get('experts_train_tokens', '?')}).",
