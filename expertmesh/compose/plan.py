@@ -129,7 +129,11 @@ def make_plan(spec: CompositionSpec, prompts: list[str], *, index: PilotIndex | 
         s = index.scores(embeddings)                                         # [B, N]
         fixed = np.zeros((batch, n + 1), dtype=np.float32)
         for b in range(batch):
-            chosen = top_m(s[b], base_ok, spec.top_m)
+            eligible = base_ok if spec.min_score is None else base_ok & (s[b] >= spec.min_score)
+            if base_ok.any() and not eligible.any():
+                notes[b].append(f"no allowed expert's retriever score reached min_score={spec.min_score} "
+                                f"(best {float(np.nanmax(np.where(base_ok, s[b], np.nan))):.3f})")
+            chosen = top_m(s[b], eligible, spec.top_m)
             allowed[b] = False
             allowed[b, chosen] = True
             candidates[b] = [members[j] for j in chosen]

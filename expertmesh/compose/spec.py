@@ -92,6 +92,8 @@ class CompositionSpec:
                "both"     retriever picks the top-m candidates, then the token-level gate runs among them.
     top_m: retriever candidate count (None = all members); only used when selection is not "token".
     Cosine scores differ by ~0.05-0.3 between domains, hence score_temperature ~0.05 for "sequence" weights.
+    min_score: retriever only: members scoring below it are never candidates, so a request no member's pilots
+    resemble (an uncovered domain) is answered by the public base instead of the nearest-but-wrong expert.
     """
 
     name: str
@@ -104,6 +106,7 @@ class CompositionSpec:
     temperature: float = 1.0
     selection: str = "token"
     score_temperature: float = 0.05      # sequence selection: softmax(cosine score / this) over the top-m
+    min_score: float | None = None       # retriever: a member needs at least this cosine score to be a candidate
     embedder: str | None = None          # embedder of the pilots (None = the default embedder)
     description: str = ""
     created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
@@ -135,6 +138,8 @@ class CompositionSpec:
         self.temperature = check_float("temperature", self.temperature, lo=0.0, lo_open=True)
         check_choice("selection", self.selection, SELECTIONS)
         self.score_temperature = check_float("score_temperature", self.score_temperature, lo=0.0, lo_open=True)
+        if self.min_score is not None:
+            self.min_score = check_float("min_score", self.min_score, lo=-1.0, hi=1.0)
         if not isinstance(self.provenance, dict):
             raise ConfigError("provenance must be a JSON object")
         if self.format_version != FORMAT_VERSION:

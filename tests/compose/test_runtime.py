@@ -180,3 +180,29 @@ def test_tag_and_licence_filters(compositions, tiny_experts, tiny_base_dir):
     plan = rt.plan(PROMPTS[:1], licences=["MIT"])              # the tiny experts are "unspecified"
     assert plan.fallback == [True] and any("licence 'unspecified'" in n for n in plan.notes[0])
     assert rt.plan(PROMPTS[:1], licences=["unspecified"]).candidates == [["medicine", "law", "code"]]
+
+
+def test_min_score_sends_prompts_no_expert_resembles_to_the_public_base(tmp_path, compositions, tiny_experts,
+                                                                        tiny_base_dir):
+    from expertmesh.compose.build import build_composition
+    from expertmesh.errors import ConfigError
+    from expertmesh.testing import TINY_TEXTS
+
+    prompts = [TINY_TEXTS[d][1] for d in ("medicine", "law", "code")] + ["zebra quartz violin harbour"]
+    free = CompositionRuntime.load(compositions / "ret", tiny_experts, fresh_base(tiny_base_dir))
+    best = [max(s.values()) for s in free.plan(prompts).scores]
+    threshold = sorted(best)[1] + 1e-4                  # between the second- and third-lowest best scores
+    build_composition("ret-min", tiny_experts, "retrieve", out=tmp_path / "c", min_score=threshold)
+    rt = CompositionRuntime.load(tmp_path / "c", tiny_experts, fresh_base(tiny_base_dir))
+    plan = rt.plan(prompts)
+    assert rt.spec.min_score == pytest.approx(threshold)
+    for b, top in enumerate(best):
+        if top >= threshold:
+            assert plan.candidates[b] and not plan.fallback[b]
+            assert all(plan.scores[b][n] >= threshold for n in plan.candidates[b])
+        else:
+            assert plan.fallback[b] and not bool(plan.allowed[b].any())
+            assert any("min_score" in n for n in plan.notes[b]) and FALLBACK_NOTE in plan.notes[b]
+    assert sum(plan.fallback) == 2
+    with pytest.raises(ConfigError, match="min_score"):
+        build_composition("bad", tiny_experts, "retrieve", min_score=1.5)
