@@ -11,6 +11,7 @@ held-out loss per domain for:
   federated + DP    client-side clipping with central noise; local DP (LocalDpMod)
   MoT (central)     Mixture-of-Thoughts selector + interaction layers trained on pooled data, with gated streams
                     (default) and with LoRA-alone streams (the paper's form), plus gated untrained (no training)
+  MoT (federated)   gated MoT trained through the same Flower apps, same total steps as the central one
   FedAvg LoRA       one LoRA trained by plain FedAvg across owners, same total tokens as the three experts
 and the cost side: trained parameters, training time and tokens, evaluation tokens/s.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -291,6 +293,21 @@ def main() -> None:
             results["methods"][name] = eval_composition(Path(h["output"]["composition"]), experts, base, corpora, cfg)
         for name, streams, steps in MOT_VARIANTS:
             timed(name, lambda: mot(name, streams, cfg["mot_steps"] if steps is None else steps))
+
+        def mot_federated(name="MoT gated (federated)"):
+            # the central MoT's budget, split over rounds x owners (each owner sees only its own domain)
+            local = max(1, cfg["mot_steps"] // (cfg["rounds"] * len(DOMAINS)))
+            setup = ServerSetup(str(comp), str(experts), str(work / "mot-federated"), base=base, kind="mot",
+                                kind_options={**cfg["mot"], "streams": "gated"},
+                                train={"steps": local, "batch_size": cfg["batch"], "seq_len": cfg["seq_len"],
+                                       "lr": cfg["mot_lr"], "eval_blocks": cfg["eval_blocks"]}, federation=fed)
+            hist = simulate(setup, owners, cpus_per_client=2, total_cpus=2)
+            out = Path(hist["output"]["composition"])
+            results["costs"].setdefault(name, {}).update({
+                "train_tokens": sum(v["num-examples"] for r in hist["rounds"] for v in r["train"].values()),
+                "parameters": mot_param_count(out), "rounds": cfg["rounds"], "owners": len(DOMAINS)})
+            results["methods"][name] = eval_composition(out, experts, base, corpora, cfg)
+        timed("MoT gated (federated)", mot_federated)
     if "fedavg-lora" not in skip:
         def fedlora():
             run = work / "fedavg-lora"
@@ -319,6 +336,14 @@ def main() -> None:
 
         write_section(ROOT / "BENCHMARKS.md", results, tiny=args.tiny)
         log("updated BENCHMARKS.md (federated-bench section)")
+
+
+def mot_param_count(comp: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(comp / "router.safetensors"), framework="pt") as f:
+        shapes = [f.get_slice(k).get_shape() for k in f.keys() if k.startswith("mot.") and k != "mot.arch"]
+    return int(sum(math.prod(s) for s in shapes))
 
 
 def router_param_count(comp: Path) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 START, END = "<!-- federated-bench:start -->", "<!-- federated-bench:end -->"
-MOT = ["MoT gated, untrained", "MoT gated (central)", "MoT LoRA streams (central)"]
+MOT = ["MoT gated, untrained", "MoT gated (central)", "MoT gated (federated)", "MoT LoRA streams (central)"]
 ORDER = ["base", "oracle", "oracle gated", "untuned router", "federated tuned", "central tuned", "federated + central DP",
          "federated + local DP", *MOT, "FedAvg LoRA"]
 REFERENCES = ("base", "oracle", "oracle gated")     # evaluated, never trained: no cost row
