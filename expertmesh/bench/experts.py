@@ -18,12 +18,17 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def lora_targets(cfg: BenchConfig) -> list[str]:
+    """The projections every bench LoRA adapts (the experts, the pooled LoRA, the FedAvg LoRA)."""
+    return ["q_proj", "v_proj"] if cfg.mode == "tiny" else ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
 def train_config(cfg: BenchConfig, name: str, data: Path, out: Path, base_spec: str | None, steps: int,
                  heldout: Path | None = None):
     from expertmesh.expert.config import TrainConfig
     from expertmesh.expert.manifest import LoraSpec
 
-    targets = ["q_proj", "v_proj"] if cfg.mode == "tiny" else ["q_proj", "k_proj", "v_proj", "o_proj"]
+    targets = lora_targets(cfg)
     return TrainConfig(name=name, owner="bench", data=str(data), heldout=str(heldout) if heldout else None,
                        out=str(out), base=base_spec, steps=steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                        lr=cfg.lr, warmup_steps=min(5, max(steps // 4, 0)), seed=cfg.seed,

@@ -154,7 +154,47 @@ def m_mot(ctx: Context):
                     "domain_router_k2_same_positions": like}}
 
 
-@method("fedavg-lora", "federated", "one LoRA trained with FedAvg over the owners (Flower, router_training)")
+@method("fedavg-lora", "federated", "one LoRA trained by FedAvg rounds over the owners, each on its own data only "
+                                   "(router_training.fedavg_lora; rounds in-process, no Flower transport), the "
+                                   "experts' total token budget, applied at weight 1")
 def m_fedavg(ctx: Context):
-    _need("router_training")
-    raise MethodUnavailable("not available in this build (router_training exposes no FedAvg LoRA entry point)")
+    import torch
+
+    from expertmesh.base import load_base
+    from expertmesh.bench.experts import lora_targets
+    from expertmesh.bench.methods import loss_of
+
+    fl = _need("router_training.fedavg_lora")
+    config = _need("router_training.config")
+    cfg = ctx.cfg
+    rounds = {"tiny": 2, "quick": 4, "full": 6}[cfg.mode]
+    local = max(1, cfg.steps // rounds)          # every owner trains about its expert's steps: same total budget
+    tc = config.TuneConfig(steps=local, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr, seed=cfg.seed)
+    owners = _owner_blocks(ctx)
+    # A fresh base: the LoRA wraps the base's linear layers in place, and ctx.base serves the other methods.
+    model = fl.build_lora_model(load_base(ctx.base_spec), {"r": cfg.rank, "alpha": 2.0 * cfg.rank, "dropout": 0.0,
+                                                           "target_modules": lora_targets(cfg),
+                                                           "init_seed": cfg.seed})
+    history = []
+    try:
+        glob = fl.lora_arrays(model)
+        for r in range(rounds):
+            updates = []
+            for j, d in enumerate(ctx.expert_domains):
+                fl.set_lora_arrays(model, glob)
+                st = fl.train_lora(model, owners[d], tc, seed=cfg.seed + 1000 * r + j)
+                updates.append((st["tokens"], fl.lora_arrays(model)))
+                history.append({"round": r, "owner": d, "first_loss": st["first_loss"], "last_loss": st["last_loss"]})
+            total = sum(n for n, _ in updates)
+            glob = {k: sum(n * u[k] for n, u in updates) / total for k in glob}
+        fl.set_lora_arrays(model, glob)
+        model.eval()
+        on = fl.FIXED_ON
+        with torch.inference_mode():
+            losses = {d: loss_of(ctx.token_logprobs(lambda ids: model(ids, fixed_weights=on.expand(len(ids), -1)).logits,
+                                                    ctx.blocks[d]))
+                      for d in ctx.eval_domains}
+    finally:
+        model.close()
+    return {"fedavg-lora": {"losses": losses, "rounds": rounds, "local_steps": local, "history": history,
+                            "train_tokens": rounds * len(owners) * local * cfg.batch_size * cfg.seq_len}}
