@@ -128,8 +128,8 @@ def tune(composition, experts, out, base, name, clients, rounds, min_clients, fr
 @click.option("--heads", default=4, show_default=True, type=int)
 @click.option("--select-tokens", default=32, show_default=True, type=int, help="Prompt tokens the selector reads.")
 @click.option("--streams", default="gated", show_default=True, type=click.Choice(["gated", "lora"]),
-              help="gated: each stream runs through the token gate (public + its experts); lora: each stream is "
-                   "one expert's LoRA alone (the paper's form).")
+              help="gated: each stream is its expert behind the two-way gate {public, expert} it was trained "
+                   "with; lora: each stream is the expert's LoRA alone (the paper's form).")
 @click.option("--steps", default=8, show_default=True, type=int, help="Local steps per owner per round.")
 @click.option("--batch-size", default=4, show_default=True, type=int)
 @click.option("--seq-len", default=128, show_default=True, type=int)
