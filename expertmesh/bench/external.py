@@ -122,8 +122,8 @@ def m_tuned(ctx: Context):
 
 
 @method("mot", "federated", "Mixture-of-Thoughts (router_training.mot): selector + interaction layers over the "
-                            "frozen experts, trained on the owners' blocks in-process; scored after the selector's "
-                            "prefix, see the like-for-like note")
+                            "frozen experts (gated streams), trained centrally on the owners' pooled blocks; "
+                            "scored after the selector's prefix, see the like-for-like note")
 def m_mot(ctx: Context):
     import torch
 
@@ -138,7 +138,9 @@ def m_mot(ctx: Context):
     start = max(1, min(32, cfg.seq_len // 4))
     mcfg = mot_mod.MoTConfig(top_k=2, select_tokens=start)
     tcfg = mt.MoTTrainConfig(steps=rounds * steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
-    losses, like = {}, {}
+    losses, like, base_like = {}, {}, {}
+    public = torch.zeros(1, len(ctx.experts) + 1)
+    public[0, 0] = 1.0
     with ctx.composed(top_k=2) as cm:
         mot = mot_mod.MoTModel(cm, mcfg)
         try:
@@ -147,11 +149,13 @@ def m_mot(ctx: Context):
             for d in ctx.eval_domains:
                 losses[d] = float(mt.evaluate_mot(mot, ctx.blocks[d], start=start, batch_size=4)["loss"])
                 like[d] = float(mt.evaluate_composed_from(cm, ctx.blocks[d], start=start, batch_size=4))
+                base_like[d] = float(mt.evaluate_composed_from(cm, ctx.blocks[d], start=start, batch_size=4,
+                                                               fixed_weights=public))
         finally:
             mot.close()
     ctx.extras["mot_like_for_like"] = {"start": start, "mot": losses, "domain-router-k2": like}
     return {"mot": {"losses": losses, "scored_from_token": start, "train": stats,
-                    "domain_router_k2_same_positions": like}}
+                    "domain_router_k2_same_positions": like, "base_same_positions": base_like}}
 
 
 @method("fedavg-lora", "federated", "one LoRA trained by FedAvg rounds over the owners, each on its own data only "

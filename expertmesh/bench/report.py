@@ -198,13 +198,16 @@ def render_markdown(results: dict, plot_dir: Path | str, plot_prefix: str | None
     if unc:
         L.append("### Domain no expert covers (must not be worse than the base)")
         L.append("")
+        L.append("MoT is compared with the base on the same positions (after its selector prefix).")
+        L.append("")
         L.append("| domain | method | loss | base loss | delta | not worse |")
         L.append("|---|---|---:|---:|---:|:---:|")
         for d, v in unc.items():
             for k, x in v.items():
                 if k == "base_loss":
                     continue
-                L.append(f"| {d} | {k} | {x['loss']:.4f} | {v['base_loss']:.4f} | {x['delta_vs_base']:+.4f} | "
+                L.append(f"| {d} | {k} | {x['loss']:.4f} | {x.get('base_loss', v['base_loss']):.4f} | "
+                         f"{x['delta_vs_base']:+.4f} | "
                          f"{'yes' if x['not_worse_than_base'] else '**no**'} |")
         L.append("")
     oo = results.get("opt_out", {})
