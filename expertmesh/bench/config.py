@@ -61,9 +61,9 @@ def preset(mode: str, **overrides) -> BenchConfig:
 # Expected wall time on the 2-core reference machine (documented in BENCHMARKS.md).
 EXPECTED_TIME = {
     "tiny": "~20 s",
-    "quick": "measured 10.9 min cold (corpora, 3 experts, pooled LoRA, 14 methods; fedavg-lora was not yet in "
-             "that run) on the idle 2-core machine, 17.4 min when it was shared with 5 other jobs (load ~6.5); "
-             "--reuse skips corpora and expert training: 4.1 min with all 15 methods",
+    "quick": "measured 10.9 min cold (corpora, 3 experts, pooled LoRA, 14 methods; before fedavg-lora and the "
+             "24-step MoT, which add ~2 min) on the idle 2-core machine, 17.4 min when it was shared with 5 other "
+             "jobs (load ~6.5); --reuse skips corpora and expert training: 4.9 min with all 15 methods",
     "full": "not run in this session; estimated ~2.5 h on an idle 2-core machine from the measured throughputs "
             "(5 experts x 123k tokens + pooled LoRA 614k tokens at ~290 tok/s ~ 70 min; 32 x 256-token blocks x "
             "6 domains x ~17 forward passes at ~475 tok/s ~ 30 min; federated router 5 rounds x 5 owners x 8 steps "

@@ -79,6 +79,10 @@ def _owner_blocks(ctx: Context, max_blocks: int = 64) -> dict:
                            max_blocks=max_blocks, what=f"train {d}") for d in ctx.expert_domains}
 
 
+# MoT trains ~0.7M parameters (the router: ~50k), so it gets its own step budget rather than the router's.
+MOT_STEPS = {"tiny": 4, "quick": 24, "full": 80}
+
+
 def _budget(ctx: Context) -> tuple[int, int]:
     """(rounds, local steps) of router tuning per mode."""
     return {"tiny": (2, 2), "quick": (2, 3), "full": (5, 8)}[ctx.cfg.mode]
@@ -130,14 +134,14 @@ def m_mot(ctx: Context):
     mot_mod = _need("router_training.mot")
     mt = _need("router_training.mot_train")
     cfg = ctx.cfg
-    rounds, steps = _budget(ctx)
     owners = _owner_blocks(ctx)
     g = torch.Generator().manual_seed(cfg.seed)
     pooled = torch.cat(list(owners.values()))
     pooled = pooled[torch.randperm(len(pooled), generator=g)]
     start = max(1, min(32, cfg.seq_len // 4))
     mcfg = mot_mod.MoTConfig(top_k=2, select_tokens=start)
-    tcfg = mt.MoTTrainConfig(steps=rounds * steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
+    tcfg = mt.MoTTrainConfig(steps=MOT_STEPS[cfg.mode], batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                             seed=cfg.seed)
     losses, like, base_like = {}, {}, {}
     public = torch.zeros(1, len(ctx.experts) + 1)
     public[0, 0] = 1.0
