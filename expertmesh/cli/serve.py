@@ -30,11 +30,14 @@ import click
               help="Torch threads of the engine (default: torch's). On a shared, busy CPU, 1 is often fastest.")
 @click.option("--cache-dir", type=click.Path(), default=None,
               help="Where pulled compositions/experts are kept (default: ~/.cache/expertmesh/serving).")
+@click.option("--api-key", default=None, envvar="EXPERTMESH_SERVE_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on /v1/ (the openai client's api_key); "
+                   "/healthz, /readyz and /metrics stay open. Default: EXPERTMESH_SERVE_API_KEY, else no key.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(composition, experts_dir, registry_url, registry_token, base, dtype, host, port, model_name, max_batch,
           max_resident_experts, max_context, max_tokens_limit, poll_interval_s, top_k, threads, cache_dir,
-          log_level) -> None:
+          api_key, log_level) -> None:
     """Serve a composition: /v1/models, /v1/completions, /v1/chat/completions (streaming), /metrics.
 
     Requests may add "experts": {"include", "exclude", "tags", "exclude_tags"} and "return_routing": true.
@@ -59,7 +62,7 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
         host=host, port=port, model_name=model_name, max_batch=max_batch,
         max_resident_experts=max_resident_experts, max_context=max_context, max_tokens_limit=max_tokens_limit,
         default_max_tokens=min(128, max_tokens_limit), poll_interval_s=poll_interval_s, top_k=top_k,
-        threads=threads)
+        threads=threads, api_key=api_key)
     engine, watcher = build_server(settings, experts_dir=experts_dir, cache_dir=cache_dir)
     comp = engine.comp
     click.echo(f"serving {comp.name} (version {comp.version}, members {comp.members}) on http://{host}:{port}/v1",

@@ -14,6 +14,7 @@ Run it: ``expertmesh serve --composition NAME|DIR`` (see expertmesh/cli/serve.py
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import weakref
 from typing import Annotated, AsyncIterator
@@ -151,7 +152,11 @@ def create_app(settings: ServeSettings, engine: Engine, *, watcher=None) -> Fast
     @app.middleware("http")
     async def count_and_limit(request: Request, call_next):
         size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
+        if settings.api_key and request.url.path.startswith("/v1/") and not _key_ok(request, settings.api_key):
+            response = error_response(AuthenticationError(
+                "missing or wrong API key: send 'Authorization: Bearer <key>' (the openai client's api_key)"))
+            response.headers["WWW-Authenticate"] = "Bearer"
+        elif size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
             response = error_response(PayloadTooLargeError(
                 f"request body of {size} bytes exceeds the limit of {settings.max_body_bytes}"))
         else:
@@ -162,6 +167,11 @@ def create_app(settings: ServeSettings, engine: Engine, *, watcher=None) -> Fast
 
     _add_routes(app)
     return app
+
+
+def _key_ok(request: Request, key: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
 
 
 def model_id(settings: ServeSettings, engine: Engine) -> str:

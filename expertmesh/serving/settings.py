@@ -40,6 +40,8 @@ class ServeSettings:
     top_k: int | None = None                  # override the composition's top-k (benchmarks: 1 vs 2)
     threads: int | None = None                # torch threads of the engine (None: torch's default). On a
                                               # shared, oversubscribed CPU, 1 avoids OpenMP barrier stalls
+    api_key: str | None = None                # set: every /v1/ call needs "Authorization: Bearer <key>" (the
+                                              # openai client's api_key); probes and /metrics stay open
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
@@ -61,6 +63,9 @@ class ServeSettings:
             check_int("top_k", self.top_k, lo=1)
         if self.threads is not None:
             check_int("threads", self.threads, lo=1, hi=1024)
+        if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8
+                                         or any(c.isspace() for c in self.api_key)):
+            raise ConfigError("api_key must be at least 8 characters without spaces")
         if self.registry_url is not None and not str(self.registry_url).startswith(("http://", "https://")):
             raise ConfigError(f"registry_url={self.registry_url!r} must start with http:// or https://")
 
@@ -82,6 +87,7 @@ class ServeSettings:
     def describe(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["registry_token"] = "set" if self.registry_token else "unset"
+        out["api_key"] = "set" if self.api_key else "unset"
         return out
 
 

@@ -93,3 +93,27 @@ def test_errors_reach_the_client_as_openai_errors(live):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="tiny", prompt="x " * 600, max_tokens=5, stream=True)
     assert e.value.body["code"] == "context_length_exceeded"
+
+
+def test_api_key_guards_v1_and_leaves_probes_open(make_app):
+    import httpx
+
+    from expertmesh.errors import ConfigError
+    from expertmesh.serving.settings import ServeSettings
+
+    app, _ = make_app(api_key="s3cret-key-1")
+    with LiveServer(app) as server:
+        good = openai.OpenAI(base_url=f"{server.url}/v1", api_key="s3cret-key-1", max_retries=0, timeout=60)
+        bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong-key-00", max_retries=0, timeout=60)
+        out = good.completions.create(model="tiny", prompt="the court", max_tokens=2)
+        assert out.usage.completion_tokens == 2
+        with pytest.raises(openai.AuthenticationError) as e:
+            bad.models.list()
+        assert e.value.body["code"] == "unauthenticated"
+        bare = httpx.post(f"{server.url}/v1/completions", json={"model": "tiny", "prompt": "x"})
+        assert bare.status_code == 401 and bare.headers["www-authenticate"] == "Bearer"
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        assert httpx.get(f"{server.url}/metrics").status_code == 200
+    assert ServeSettings(api_key="s3cret-key-1").describe()["api_key"] == "set"
+    with pytest.raises(ConfigError, match="api_key"):
+        ServeSettings(api_key="short")
