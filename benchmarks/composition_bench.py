@@ -32,17 +32,6 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_P
     os.environ.setdefault(_k, _v)
 
 
-def replace_section(path: Path, name: str, body: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure below was printed by the command named above it.\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -275,6 +264,8 @@ def main() -> None:
     body = report(args, ev, routing, train_info, base, total_min)
     print(body)
     if not args.no_write and not args.tiny:
+        from expertmesh.bench.markdown import replace_section
+
         replace_section(ROOT / "BENCHMARKS.md", "composition-bench", body)
         log("wrote the composition-bench section of BENCHMARKS.md")
 

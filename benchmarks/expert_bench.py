@@ -21,17 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def replace_section(path: Path, name: str, body: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure below was printed by the command named above it.\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--domains", nargs="+", default=["law", "medicine"])
@@ -106,6 +95,8 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write and not args.tiny:
+        from expertmesh.bench.markdown import replace_section
+
         replace_section(ROOT / "BENCHMARKS.md", "expert-bench", body)
 
 

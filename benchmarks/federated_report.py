@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-START, END = "<!-- federated-bench:start -->", "<!-- federated-bench:end -->"
+SECTION = "federated-bench"      # BENCHMARKS.md markers <!-- federated-bench:start/end -->
 MOT = ["MoT gated, untrained", "MoT gated (central)", "MoT gated (federated)", "MoT LoRA streams (central)"]
 ORDER = ["base", "oracle", "oracle gated", "untuned router", "federated tuned", "central tuned", "federated + central DP",
          "federated + local DP", *MOT, "FedAvg LoRA"]
@@ -113,11 +113,6 @@ def render(results: dict, *, tiny: bool) -> str:
 
 
 def write_section(path: Path, results: dict, *, tiny: bool = False) -> None:
-    body = render(results, tiny=tiny)
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    block = f"{START}\n{body.rstrip()}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    from expertmesh.bench.markdown import replace_section
+
+    replace_section(path, SECTION, render(results, tiny=tiny))

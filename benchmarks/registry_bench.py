@@ -43,18 +43,6 @@ ADMIN = "bench-admin-token-0123456789abcdef"
 FP = "b" * 64
 
 
-def replace_section(path: Path, name: str, body: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else \
-        "# Benchmarks\n\nEvery figure below was printed by the command named above it.\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def make_package(dest: Path, name: str, seed: int, hidden: int, layers: int, r: int) -> Path:
     """A valid expert package with random tiny tensors (same format as `expertmesh expert train` writes)."""
     import torch
@@ -278,6 +266,8 @@ def main() -> None:
               "request fall with size; list/get/poll do not depend on package size."]
     print("\n".join(lines))
     if not args.no_write:
+        from expertmesh.bench.markdown import replace_section
+
         replace_section(Path(args.markdown), SECTION, "\n".join(lines))
         print(f"wrote the {SECTION} section of {args.markdown}")
 

@@ -47,17 +47,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def replace_section(path: Path, name: str, body: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure below was printed by the command named above it.\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 # -- model, data, experts, composition ------------------------------------------------------------------------
 def prepare(args, work: Path) -> tuple[Path, Path, Path, dict[str, list[str]], dict]:
     """(base dir, composition dir, experts dir, held-out texts per domain, training record)."""
@@ -363,6 +352,8 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps({"rows": rows, "experts": record, "args": vars(args)}, indent=2))
     print(text)
     if not args.tiny and not args.no_write:
+        from expertmesh.bench.markdown import replace_section
+
         replace_section(ROOT / "BENCHMARKS.md", "serving-bench", text)
         log("wrote the serving-bench section of BENCHMARKS.md")
 

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from expertmesh.bench.config import BenchConfig
+from expertmesh.bench.markdown import replace_section
 
 COMPOSITIONS = ["domain-router-k1", "domain-router-k2", "retriever-top1", "retriever-top2-gate", "uniform-merge",
                 "ties-merge", "btm-ensemble", "federated-tuned-router", "mot", "fedavg-lora"]
@@ -235,16 +236,6 @@ def render_from_results(results_json: str | Path, *, markdown_path=None, publish
     return results
 
 
-START, END = "<!-- mesh-bench:start -->", "<!-- mesh-bench:end -->"
-
-
 def update_benchmarks_md(path: Path, section: str) -> None:
     """Replace only the mesh-bench section (create the file, or append the section, where missing)."""
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        a, b = text.index(START), text.index(END) + len(END)
-        text = text[:a] + block + text[b:]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    replace_section(path, "mesh-bench", section)
