@@ -51,10 +51,25 @@ _fed_options = [
 ]
 
 
-def fed_options(f):
-    for opt in reversed(_fed_options):
-        f = opt(f)
-    return f
+def _stack(opts: list):
+    """One decorator applying click options in the order listed (as if written one above the other)."""
+    def deco(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return deco
+
+
+fed_options = _stack(_fed_options)
+
+
+def train_options(lr: float):
+    """The local-training budget every federate command takes (its own default learning rate)."""
+    return _stack([click.option("--steps", default=8, show_default=True, type=int,
+                                help="Local steps per owner per round."),
+                   click.option("--batch-size", default=4, show_default=True, type=int),
+                   click.option("--seq-len", default=128, show_default=True, type=int),
+                   click.option("--lr", default=lr, show_default=True, type=float)])
 
 
 def _run(kind, composition, experts, base, out, name, train, kind_options, central, clients, rounds, min_clients,
@@ -95,10 +110,7 @@ def federate() -> None:
 @click.option("--base", default=None, help="Base model dir (default: the composition's provenance).")
 @click.option("--name", default=None, help="Name of the tuned composition (default <name>-tuned).")
 @fed_options
-@click.option("--steps", default=8, show_default=True, type=int, help="Local steps per owner per round.")
-@click.option("--batch-size", default=4, show_default=True, type=int)
-@click.option("--seq-len", default=128, show_default=True, type=int)
-@click.option("--lr", default=1e-2, show_default=True, type=float)
+@train_options(lr=1e-2)
 @click.option("--no-bias", is_flag=True, help="Tune the rows only, not the per-entry bias.")
 @click.option("--central", is_flag=True, help="Pool the corpora and tune centrally (upper bound), same budget.")
 @click.option("--registry", default=None, help="Publish the tuned composition to this registry URL.")
@@ -130,10 +142,7 @@ def tune(composition, experts, out, base, name, clients, rounds, min_clients, fr
 @click.option("--streams", default="gated", show_default=True, type=click.Choice(["gated", "lora"]),
               help="gated: each stream is its expert behind the two-way gate {public, expert} it was trained "
                    "with; lora: each stream is the expert's LoRA alone (the paper's form).")
-@click.option("--steps", default=8, show_default=True, type=int, help="Local steps per owner per round.")
-@click.option("--batch-size", default=4, show_default=True, type=int)
-@click.option("--seq-len", default=128, show_default=True, type=int)
-@click.option("--lr", default=2e-3, show_default=True, type=float)
+@train_options(lr=2e-3)
 @click.option("--central", is_flag=True, help="Train on the pooled corpora (coordinator may use them), same budget.")
 @click.option("--registry", default=None, help="Publish the MoT composition to this registry URL.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -159,10 +168,7 @@ def mot_train(composition, experts, out, base, name, clients, rounds, min_client
 @click.option("--rank", default=16, show_default=True, type=int)
 @click.option("--alpha", default=None, type=float, help="LoRA alpha (default 2 x rank).")
 @click.option("--target", "targets", multiple=True, help="LoRA target module (repeatable; default q,k,v,o_proj).")
-@click.option("--steps", default=8, show_default=True, type=int, help="Local steps per owner per round.")
-@click.option("--batch-size", default=4, show_default=True, type=int)
-@click.option("--seq-len", default=128, show_default=True, type=int)
-@click.option("--lr", default=1e-3, show_default=True, type=float)
+@train_options(lr=1e-3)
 @click.option("--central", is_flag=True, help="Train one LoRA on the pooled corpora instead (same budget).")
 @click.option("--registry", default=None, help="Publish the expert package to this registry URL.")
 @click.option("--seed", default=0, show_default=True, type=int)
