@@ -79,6 +79,25 @@ def _owner_blocks(ctx: Context, max_blocks: int = 64) -> dict:
                            max_blocks=max_blocks, what=f"train {d}") for d in ctx.expert_domains}
 
 
+def _fedavg_rounds(ctx: Context, owners: dict, rounds: int, *, get, put, train, weight) -> list[dict]:
+    """In-process FedAvg (no Flower transport): each round every owner starts from the global arrays and trains
+    on its own blocks; the global becomes the mean of their arrays weighted by ``weight(owner, stats)``. Leaves
+    the final global arrays in the model and returns the per-owner training history."""
+    history = []
+    glob = get()
+    for r in range(rounds):
+        updates = []
+        for j, d in enumerate(ctx.expert_domains):
+            put(glob)
+            st = train(owners[d], ctx.cfg.seed + 1000 * r + j)
+            updates.append((weight(d, st), get()))
+            history.append({"round": r, "owner": d, "first_loss": st["first_loss"], "last_loss": st["last_loss"]})
+        total = sum(n for n, _ in updates)
+        glob = {k: sum(n * u[k] for n, u in updates) / total for k in glob}
+    put(glob)
+    return history
+
+
 # MoT trains ~0.7M parameters (the router: ~50k), so it gets its own step budget rather than the router's.
 MOT_STEPS = {"tiny": 4, "quick": 24, "full": 80}
 
@@ -102,19 +121,11 @@ def m_tuned(ctx: Context):
     rounds, steps = _budget(ctx)
     tc = config.TuneConfig(steps=steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
     owners = _owner_blocks(ctx)
-    history = []
     with ctx.composed(top_k=2) as cm:
-        glob = task.router_arrays(cm)
-        for r in range(rounds):
-            updates = []
-            for j, d in enumerate(ctx.expert_domains):
-                task.set_router_arrays(cm, glob)
-                st = task.tune_router(cm, owners[d], tc, seed=cfg.seed + 1000 * r + j)
-                updates.append((len(owners[d]), task.router_arrays(cm)))
-                history.append({"round": r, "owner": d, "first_loss": st["first_loss"], "last_loss": st["last_loss"]})
-            total = sum(n for n, _ in updates)
-            glob = {k: sum(n * u[k] for n, u in updates) / total for k in glob}
-        task.set_router_arrays(cm, glob)
+        history = _fedavg_rounds(ctx, owners, rounds, get=lambda: task.router_arrays(cm),
+                                 put=lambda a: task.set_router_arrays(cm, a),
+                                 train=lambda blocks, seed: task.tune_router(cm, blocks, tc, seed=seed),
+                                 weight=lambda d, st: len(owners[d]))
         task.freeze_router(cm)
         cm.eval()
         with torch.inference_mode():
@@ -183,19 +194,11 @@ def m_fedavg(ctx: Context):
     model = fl.build_lora_model(load_base(ctx.base_spec), {"r": cfg.rank, "alpha": 2.0 * cfg.rank, "dropout": 0.0,
                                                            "target_modules": lora_targets(cfg),
                                                            "init_seed": cfg.seed})
-    history = []
     try:
-        glob = fl.lora_arrays(model)
-        for r in range(rounds):
-            updates = []
-            for j, d in enumerate(ctx.expert_domains):
-                fl.set_lora_arrays(model, glob)
-                st = fl.train_lora(model, owners[d], tc, seed=cfg.seed + 1000 * r + j)
-                updates.append((st["tokens"], fl.lora_arrays(model)))
-                history.append({"round": r, "owner": d, "first_loss": st["first_loss"], "last_loss": st["last_loss"]})
-            total = sum(n for n, _ in updates)
-            glob = {k: sum(n * u[k] for n, u in updates) / total for k in glob}
-        fl.set_lora_arrays(model, glob)
+        history = _fedavg_rounds(ctx, owners, rounds, get=lambda: fl.lora_arrays(model),
+                                 put=lambda a: fl.set_lora_arrays(model, a),
+                                 train=lambda blocks, seed: fl.train_lora(model, blocks, tc, seed=seed),
+                                 weight=lambda d, st: st["tokens"])
         model.eval()
         on = fl.FIXED_ON
         with torch.inference_mode():
