@@ -13,6 +13,7 @@ simulated node with partition-id i is ``owners[i]``.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -96,20 +97,31 @@ def _error_reply(msg: Message, reason: str) -> Message:
 
 
 def _prepare(msg: Message, owner: OwnerSetup):
+    """The round's config, train config, kind and loaded model, with the server's arrays set.
+
+    A composition other than the server's raises CompositionMismatchError (``_rejecting_mismatch`` replies)."""
     cfg = msg.content["config"]
     options = json.loads(str(cfg.get("kind-options", "{}")))
     kind, loaded = _loaded_for(owner, str(cfg.get("kind", "router")), options, str(cfg["composition-digest"]))
     kind.set_arrays(loaded.model, msg.content["arrays"].to_torch_state_dict())
-    return cfg, kind, loaded
+    return cfg, json.loads(str(cfg["train-config"])), kind, loaded
 
 
+def _rejecting_mismatch(handler):
+    """Answer a composition-version mismatch with an error reply the server recognises (MISMATCH_PREFIX)."""
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context, owner: OwnerSetup) -> Message:
+        try:
+            return handler(msg, context, owner)
+        except CompositionMismatchError as e:
+            return _error_reply(msg, f"{MISMATCH_PREFIX} {e.message}")
+    return wrapped
+
+
+@_rejecting_mismatch
 def train_owner(msg: Message, context: Context, owner: OwnerSetup) -> Message:
-    try:
-        cfg, kind, loaded = _prepare(msg, owner)
-    except CompositionMismatchError as e:
-        return _error_reply(msg, f"{MISMATCH_PREFIX} {e.message}")
+    cfg, train_cfg, kind, loaded = _prepare(msg, owner)
     model = loaded.model
-    train_cfg = json.loads(str(cfg["train-config"]))
     blocks = _blocks(owner, loaded.base.tokenizer, kind.seq_len(train_cfg), "train")
     # Each owner and round draws different batches; reproducible from (seed, round, owner).
     seed = int(hashlib.sha256(f"{cfg.get('seed', 0)}/{cfg['server-round']}/{_owner_name(owner, context)}".encode())
@@ -125,13 +137,10 @@ def train_owner(msg: Message, context: Context, owner: OwnerSetup) -> Message:
                                "owner": ConfigRecord({"owner": _owner_name(owner, context)})}), reply_to=msg)
 
 
+@_rejecting_mismatch
 def evaluate_owner(msg: Message, context: Context, owner: OwnerSetup) -> Message:
-    try:
-        cfg, kind, loaded = _prepare(msg, owner)
-    except CompositionMismatchError as e:
-        return _error_reply(msg, f"{MISMATCH_PREFIX} {e.message}")
+    _cfg, train_cfg, kind, loaded = _prepare(msg, owner)
     model = loaded.model
-    train_cfg = json.loads(str(cfg["train-config"]))
     max_blocks = int(train_cfg.get("eval_blocks", 16))
     blocks = _blocks(owner, loaded.base.tokenizer, kind.seq_len(train_cfg), "heldout", max_blocks)
     loss = kind.evaluate(model, blocks, train_cfg)
