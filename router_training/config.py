@@ -13,7 +13,9 @@ from expertmesh.errors import ConfigError
 from expertmesh.validate import check_choice, check_float, check_int
 
 
-def _from_dict(cls, d: dict[str, Any] | None):
+def from_known_fields(cls, d: dict[str, Any] | None):
+    """``cls(**d)`` for a config dataclass, refusing fields it does not declare (a misspelt option must not
+    be silently ignored)."""
     d = dict(d or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
@@ -51,7 +53,7 @@ class TuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TuneConfig":
-        return _from_dict(cls, d)
+        return from_known_fields(cls, d)
 
 
 @dataclass
@@ -87,7 +89,7 @@ class DPConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "DPConfig":
-        return _from_dict(cls, d)
+        return from_known_fields(cls, d)
 
 
 @dataclass
@@ -115,4 +117,4 @@ class FederationConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "FederationConfig":
-        return _from_dict(cls, d)
+        return from_known_fields(cls, d)

@@ -40,6 +40,7 @@ from expertmesh.errors import ConfigError
 from expertmesh.mixture.gate import normalise_hidden
 from expertmesh.mixture.model import decoder_layers
 from expertmesh.validate import check_choice, check_int
+from router_training.config import from_known_fields
 
 STREAM_KINDS = ("lora", "gated")    # index = the code stored in a composition's mot.arch tensor
 
@@ -77,10 +78,7 @@ class MoTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MoTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ConfigError(f"unknown MoT config fields {sorted(set(d) - known)}")
-        return cls(**d)
+        return from_known_fields(cls, d)
 
 
 def interaction_depths(num_layers: int, count: int) -> list[int]:

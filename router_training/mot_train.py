@@ -26,6 +26,7 @@ import torch
 from expertmesh.errors import ConfigError, PackageError
 from expertmesh.fileio import write_json_atomic
 from expertmesh.validate import check_choice, check_float, check_int
+from router_training.config import from_known_fields
 from router_training.mot import MoTConfig, MoTModel, _Ctx, lm_loss
 
 MOT_WEIGHTS_FILE = "mot.safetensors"
@@ -63,11 +64,7 @@ class MoTTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "MoTTrainConfig":
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ConfigError(f"unknown MoT training fields {sorted(set(d) - known)}")
-        return cls(**d)
+        return from_known_fields(cls, d)
 
 
 # -- arrays that travel (FedAvg-able) ------------------------------------------------------------------------
