@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from expertmesh.errors import ConfigError
+from expertmesh.serving.kvbatch import left_padded
 
 
 class MoTBatch:
@@ -53,12 +54,7 @@ class MoTBatch:
         is); rows with no allowed expert are answered by the base."""
         if fixed is not None:
             raise ConfigError("a 'mot' composition selects its own experts; it takes no sequence-level weights")
-        T = max(len(s) for s in self.seqs)
-        ids = torch.full((self.size, T), self.pad_id, dtype=torch.long)
-        attn = torch.zeros(self.size, T, dtype=torch.long)
-        for i, s in enumerate(self.seqs):
-            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
-            attn[i, T - len(s):] = 1
+        ids, attn = left_padded(self.seqs, self.pad_id)
         n = len(model.expert_names)
         allowed = torch.ones(self.size, n, dtype=torch.bool) if allowed is None else allowed.to(torch.bool)
         live = allowed.any(1)

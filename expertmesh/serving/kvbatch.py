@@ -42,12 +42,7 @@ class KVBatch:
     def prefill(cls, composed, seqs: list[list[int]], allowed: torch.Tensor | None, pad_id: int,
                 fixed: torch.Tensor | None = None) -> tuple["KVBatch", torch.Tensor, object]:
         """Run the full token sequences of new rows; returns the batch, last-position logits [b, V], trace."""
-        T = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-        attn = torch.zeros(len(seqs), T, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
-            attn[i, T - len(s):] = 1
+        ids, attn = left_padded(seqs, pad_id)
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=composed.base_model.config)
         logits, trace = _forward(composed, ids, attn, pos, cache, allowed, fixed, token_mask=attn)
@@ -80,6 +75,17 @@ class KVBatch:
         for layer in self.cache.layers:
             layer.keys = layer.keys[idx, :, start:]
             layer.values = layer.values[idx, :, start:]
+
+
+def left_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids [B, T], attention mask [B, T]) with every row's tokens right-aligned."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+        attn[i, T - len(s):] = 1
+    return ids, attn
 
 
 def _forward(composed, ids, attn, pos, cache, allowed, fixed, token_mask):
