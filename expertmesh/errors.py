@@ -95,6 +95,26 @@ class RemoteError(ExpertMeshError):
     code = "remote_error"
 
 
+class UnavailableError(ExpertMeshError):
+    """A service this one depends on (database, artifact store) is down or refuses writes; retry later."""
+
+    code = "unavailable"
+
+
+class DatabaseUnavailableError(UnavailableError):
+    code = "database_unavailable"
+
+
+class StoreUnavailableError(UnavailableError):
+    code = "store_unavailable"
+
+
+class StorageFullError(ExpertMeshError):
+    """No space left where the content would be written."""
+
+    code = "storage_full"
+
+
 _BY_CODE: dict[str, type[ExpertMeshError]] = {}
 
 

@@ -6,11 +6,16 @@ from typing import Any, Iterable
 
 from expertmesh.errors import ConfigError
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Used with fullmatch: with match, "$" also matches before a trailing newline, so "mal\n" passed as a name.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# The same rule (".." included) as a JSON-schema pattern for OpenAPI, without look-ahead, which pydantic's regex
+# engine lacks: after the first character, every "." is followed by a non-dot character or ends the name.
+NAME_REGEX = r"^[a-z0-9](?:\.?[a-z0-9_-])*\.?$"
+NAME_MAX_CHARS = 64
 
 
 def check_name(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.match(value) or ".." in value:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value:
         raise ConfigError(
             f"{field}={value!r} is not a valid name: use 1-64 lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -13,12 +13,17 @@ from typing import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from expertmesh.errors import (
     AuthenticationError, BaseMismatchError, ConflictError, ExpertMeshError, ExpertWithdrawnError, IntegrityError,
     InvalidInputError, NotFoundError, PackageError, PayloadTooLargeError, PermissionDeniedError, RemoteError,
+    StorageFullError, UnavailableError,
 )
+from expertmesh.strictjson import StrictJSONMiddleware
+from registry import faults, startup
 from registry.api import accounts, compositions, experts, feed
 from registry.context import Registry
 from registry.publishing import clear_scratch
@@ -40,6 +45,8 @@ STATUS_BY_ERROR: dict[type[ExpertMeshError], int] = {
     ConflictError: 409,
     ExpertWithdrawnError: 410,
     RemoteError: 502,
+    UnavailableError: 503,
+    StorageFullError: 507,
     ExpertMeshError: 500,
 }
 
@@ -53,7 +60,7 @@ def status_for(exc: ExpertMeshError) -> int:
 
 def error_response(exc: ExpertMeshError) -> JSONResponse:
     status = status_for(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "5"} if status == 503 else None
     if status >= 500:
         log.error("registry error %s: %s", exc.code, exc.message)
     return JSONResponse(exc.to_body(), status_code=status, headers=headers)
@@ -70,19 +77,33 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         err = InvalidInputError(f"{'.'.join(first['loc'][1:]) or 'request'}: {first['msg']}",
                                 detail={"errors": errors})
-        return JSONResponse(err.to_body(), status_code=422)
+        return JSONResponse(err.to_body(), status_code=400)   # like every malformed request (422: bad package)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404:
             err: ExpertMeshError = NotFoundError("no such endpoint; see /openapi.json")
         elif exc.status_code == 405:
-            err = InvalidInputError("method not allowed on this endpoint; see /openapi.json")
+            allow = _allowed_methods(app, request)
+            err = InvalidInputError(f"method {request.method} is not allowed here; use {', '.join(allow)}",
+                                    detail={"allow": allow})
             err.code = "method_not_allowed"
+            headers = {"Allow": ", ".join(allow)}
         else:
             err = ExpertMeshError(str(exc.detail))
             err.code = f"http_{exc.status_code}"
-        return JSONResponse(err.to_body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(err.to_body(), status_code=exc.status_code, headers=headers)
+
+    # Database and store failures: 503/507 with a code naming the part (registry/faults.py). Handled here,
+    # rather than by the catch-all below, so the answer keeps the connection alive.
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)
+    async def _infrastructure(_request: Request, exc: Exception) -> JSONResponse:
+        err = faults.as_library_error(exc)
+        assert err is not None
+        log.warning("registry dependency failed: %s: %s", type(exc).__name__, exc)
+        return error_response(err)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -97,8 +118,7 @@ def create_app(settings: RegistrySettings, *, store: ArtifactStore | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if settings.migrate_on_startup:
-            reg.migrate()
+        startup.check_database(reg)          # one ConfigError naming the cause (the CLI checked this already)
         clear = getattr(reg.store, "clear_leftovers", None)
         if clear is not None:
             clear()
@@ -116,7 +136,19 @@ def create_app(settings: RegistrySettings, *, store: ArtifactStore | None = None
     _install_error_handlers(app)
     for module in (feed, accounts, experts, compositions):
         app.include_router(module.router)
+    app.add_middleware(StrictJSONMiddleware)     # NaN, lone surrogates, NUL, deep nesting: 400 before parsing
     return app
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 def app_from_env() -> FastAPI:

@@ -111,6 +111,13 @@ def safe_extract(archive: str | Path, dest: str | Path, *, allowed: Iterable[str
     with tf:
         try:
             for member in tf:
+                if len(names) >= len(allowed):
+                    raise PackageError(f"archive has more members than the {len(allowed)} files a package may hold")
+                if member.issparse():
+                    # A GNU/PAX sparse member of a few KB expands to any size of zeros; the packer never
+                    # writes one, so refuse it rather than count holes against the cap.
+                    raise PackageError(f"archive member {member.name!r} is a sparse file; only plain files "
+                                       "are allowed")
                 if not member.isreg():
                     kind = "a link" if member.issym() or member.islnk() else "a directory" if member.isdir() \
                         else "not a regular file"

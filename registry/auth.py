@@ -152,10 +152,14 @@ def list_tokens(session: Session, actor: Principal, owner_name: str) -> list[Tok
 
 
 def revoke_token(session: Session, actor: Principal, token_id: int) -> Token:
+    """An admin revokes any token; any other token may revoke only itself (a leaked read token must not be able
+    to lock its owner out by revoking the owner's publish and admin tokens)."""
+    if not actor.is_admin and actor.token_id != token_id:
+        raise PermissionDeniedError("only an admin may revoke another token; a token may revoke itself",
+                                    detail={"required_scope": ADMIN})
     token = session.get(Token, token_id)
     if token is None:
         raise NotFoundError(f"token {token_id} does not exist")
-    actor.require_owner(token.owner_id, f"token {token_id}")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         owner = session.get(Owner, token.owner_id)

@@ -8,7 +8,6 @@ that was withdrawn after the composition was stored.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ from sqlalchemy.orm import Session
 from expertmesh.errors import (
     BaseMismatchError, ExpertWithdrawnError, NotFoundError, PackageError, PermissionDeniedError, UnknownExpertError,
 )
+from expertmesh import strictjson
+from expertmesh.expert.manifest import MAX_MANIFEST_BYTES, MAX_SHORT_TEXT_CHARS
 from expertmesh.expert.package import read_safetensors_header
 from registry import events
 from registry.archive import tar_size
@@ -43,10 +44,10 @@ def read_document(root: Path) -> dict[str, Any]:
     path = root / DOCUMENT_FILE
     if not path.is_file():
         raise PackageError(f"a composition needs {DOCUMENT_FILE}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PackageError(f"{DOCUMENT_FILE} is not valid UTF-8 JSON: {e}") from None
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{DOCUMENT_FILE} is larger than {MAX_MANIFEST_BYTES} bytes",
+                           detail={"field": DOCUMENT_FILE, "limit": MAX_MANIFEST_BYTES})
+    doc = strictjson.loads(path.read_bytes(), what=DOCUMENT_FILE, error=PackageError)
     if not isinstance(doc, dict):
         raise PackageError(f"{DOCUMENT_FILE} must hold a JSON object")
     doc.pop("version", None)
@@ -55,15 +56,17 @@ def read_document(root: Path) -> dict[str, Any]:
             raise PackageError(f"{DOCUMENT_FILE} is missing {key!r}", detail={"field": key})
     valid_name("composition.name", doc["name"])
     valid_name("composition.router_type", doc["router_type"])
-    if not isinstance(doc["base_fingerprint"], str) or len(doc["base_fingerprint"]) < 16:
-        raise PackageError(f"{DOCUMENT_FILE}: base_fingerprint {doc['base_fingerprint']!r} is not a fingerprint")
+    fp = doc["base_fingerprint"]
+    if not isinstance(fp, str) or not 16 <= len(fp) <= MAX_SHORT_TEXT_CHARS:
+        raise PackageError(f"{DOCUMENT_FILE}: base_fingerprint {str(fp)[:80]!r} is not a fingerprint "
+                           f"(16-{MAX_SHORT_TEXT_CHARS} characters)", detail={"field": "base_fingerprint"})
     members = doc["members"]
     if not isinstance(members, list) or not members or len(members) > MAX_MEMBERS:
         raise PackageError(f"{DOCUMENT_FILE}: members must be a list of 1..{MAX_MEMBERS} {{name, version}} objects")
     seen: set[str] = set()
     for i, m in enumerate(members):
         if not isinstance(m, dict) or not isinstance(m.get("version"), int) or isinstance(m.get("version"), bool) \
-                or m["version"] < 1:
+                or not 1 <= m["version"] < 2**31:
             raise PackageError(f"{DOCUMENT_FILE}: members[{i}] must be {{\"name\": str, \"version\": int >= 1}}")
         valid_name(f"members[{i}].name", m.get("name"))
         if m["name"] in seen:

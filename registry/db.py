@@ -34,7 +34,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
                                pool_size=pool_size, max_overflow=pool_size)
         _sqlite_hooks(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # A bounded connect: an unroutable host otherwise blocks startup and requests for the OS timeout (~30 s).
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 def _sqlite_hooks(engine: Engine) -> None:

@@ -78,6 +78,8 @@ class ExpertVersion(Base):
     identity: Mapped[str] = mapped_column(String(64))          # sha256 of the canonical manifest minus version
     base_fingerprint: Mapped[str] = mapped_column(String(128))
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Copied from the manifest at publish: the list query reads this column, never the JSON (migration 0002).
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
     manifest_sha256: Mapped[str] = mapped_column(String(64))   # of the stored manifest.json (version set)
     size_bytes: Mapped[int] = mapped_column(BigInteger)        # sum of file sizes, manifest included
     status: Mapped[str] = mapped_column(String(16), default=ACTIVE)

@@ -25,6 +25,7 @@ from sqlalchemy import exists, or_, select
 
 from expertmesh.errors import IntegrityError, InvalidInputError, PayloadTooLargeError
 from expertmesh.fileio import sha256_file
+from registry import spools
 from registry.archive import safe_extract
 from registry.context import Registry
 from registry.models import CompositionFile, CompositionVersion, ExpertFile, ExpertVersion
@@ -72,7 +73,7 @@ async def receive_upload(chunks: AsyncIterator[bytes], *, declared_sha: str, dec
             raise PayloadTooLargeError(f"upload of {expected_len} bytes exceeds the {max_bytes} byte limit",
                                        detail={"limit": max_bytes})
     scratch.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=scratch, suffix=".upload")
+    fd, name = tempfile.mkstemp(dir=scratch, prefix=spools.tag(), suffix=".upload")
     path = Path(name)
     try:
         h = hashlib.sha256()
@@ -98,7 +99,7 @@ async def receive_upload(chunks: AsyncIterator[bytes], *, declared_sha: str, dec
 @contextlib.contextmanager
 def unpack(reg: Registry, upload: Path, allowed: set[str]) -> Iterator[Path]:
     """Safely unpack the upload into a temp directory that is removed when the block ends."""
-    tmp = Path(tempfile.mkdtemp(dir=reg.settings.scratch_dir, prefix="unpack-"))
+    tmp = Path(tempfile.mkdtemp(dir=reg.settings.scratch_dir, prefix=spools.tag() + "unpack-"))
     try:
         safe_extract(upload, tmp, allowed=allowed, max_bytes=reg.settings.max_upload_bytes)
         yield tmp
@@ -106,19 +107,13 @@ def unpack(reg: Registry, upload: Path, allowed: set[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def clear_scratch(scratch: Path, older_than_s: float = 3600.0) -> int:
-    """At startup: remove spools and unpack dirs left by a process that was killed mid-upload (young entries
-    may belong to another live replica sharing the data dir)."""
-    import time
-
-    cutoff = time.time() - older_than_s
-    removed = 0
-    for p in scratch.glob("*") if scratch.is_dir() else []:
-        with contextlib.suppress(FileNotFoundError):
-            if p.stat().st_mtime < cutoff:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
-                removed += 1
-    return removed
+def clear_scratch(scratch: Path, older_than_s: float = spools.DEFAULT_MAX_AGE_S) -> int:
+    """At startup: remove spools and unpack dirs of uploads whose process died (see ``registry.spools``);
+    another live replica's entries are kept unless older than ``older_than_s``."""
+    stale = spools.stale_entries(scratch, max_age_s=older_than_s, startup=True)
+    for p in stale:
+        spools.remove(p)
+    return len(stale)
 
 
 def file_table(root: Path, exclude: str) -> dict[str, tuple[str, int]]:

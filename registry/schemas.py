@@ -2,26 +2,32 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
+
+from expertmesh.validate import NAME_MAX_CHARS, NAME_REGEX
+
+INT32_MAX = 2**31 - 1
+Scope = Literal["read", "publish", "coordinate", "admin"]
 
 
 # --- requests --------------------------------------------------------------------------------------------------
 
 class OwnerCreate(BaseModel):
-    name: str = Field(description="1-64 lowercase letters, digits, '.', '_' or '-'")
+    name: str = Field(pattern=NAME_REGEX, max_length=NAME_MAX_CHARS,
+                      description="1-64 lowercase letters, digits, '.', '_' or '-'; no '..'")
     display_name: str = Field("", max_length=200)
 
 
 class TokenCreate(BaseModel):
-    scopes: list[str] = Field(description="any of read, publish, coordinate, admin")
+    scopes: list[Scope] = Field(min_length=1, max_length=4, description="any of read, publish, coordinate, admin")
     label: str = Field("", max_length=200)
 
 
 class StatusChangeRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=2000, description="why; recorded in the audit log and feed")
-    version: Optional[int] = Field(None, ge=1, description="one version; omit for the whole expert name")
+    version: Optional[int] = Field(None, ge=1, le=INT32_MAX, description="one version; omit for the whole expert name")
 
 
 # --- responses -------------------------------------------------------------------------------------------------
@@ -200,4 +206,5 @@ class Health(BaseModel):
     status: str
     database: str
     revision: int
+    store: str = "ok"
     base_fingerprint: Optional[str]

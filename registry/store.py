@@ -12,11 +12,11 @@ import hashlib
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from expertmesh.errors import IntegrityError, InvalidInputError, NotFoundError
+from registry import spools
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -71,11 +71,21 @@ class LocalArtifactStore(ArtifactStore):
         check_sha256(sha256)
         return self._blobs / sha256[:2] / sha256[2:]
 
+    def blob_path(self, sha256: str) -> Path:
+        return self._path(sha256)
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self._tmp
+
     def put_file(self, path: Path, sha256: str) -> bool:
         final = self._path(sha256)
         if final.exists():
+            # Reused by a new publish: make it young again, so ``registry gc`` keeps it through the grace period
+            with contextlib.suppress(OSError):
+                os.utime(final)
             return False
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=sha256[:12] + ".")
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=spools.tag() + sha256[:12] + ".")
         try:
             h = hashlib.sha256()
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
@@ -140,13 +150,9 @@ class LocalArtifactStore(ArtifactStore):
         """Temporary files of unfinished writes (empty unless a process died mid-write)."""
         return sorted(self._tmp.iterdir())
 
-    def clear_leftovers(self, older_than_s: float = 3600.0) -> int:
-        """Remove temporary files of writes that died; young ones may belong to a live writer."""
-        cutoff = time.time() - older_than_s
-        removed = 0
-        for p in self.leftovers():
-            with contextlib.suppress(FileNotFoundError):
-                if p.stat().st_mtime < cutoff:
-                    p.unlink()
-                    removed += 1
-        return removed
+    def clear_leftovers(self, older_than_s: float = spools.DEFAULT_MAX_AGE_S, *, startup: bool = True) -> int:
+        """Remove temporary files of writes whose process died (``registry.spools``); others once old."""
+        stale = spools.stale_entries(self._tmp, max_age_s=older_than_s, startup=startup)
+        for p in stale:
+            spools.remove(p)
+        return len(stale)

@@ -28,6 +28,7 @@ from expertmesh.errors import (
     AuthenticationError, ConflictError, ExpertMeshError, ExpertWithdrawnError, InvalidInputError, NotFoundError,
     PayloadTooLargeError, PermissionDeniedError, RemoteError, UnknownExpertError,
 )
+from expertmesh.strictjson import StrictJSONMiddleware
 from expertmesh.serving.engine import Engine
 from expertmesh.serving.errors import ModelNotFoundError, NotReadyError, OverloadedError, RequestTimeoutError
 from expertmesh.serving.requests import GenerationRequest
@@ -148,6 +149,8 @@ def create_app(settings: ServeSettings, engine: Engine, *, watcher=None) -> Fast
     app.state.settings, app.state.engine, app.state.watcher = settings, engine, watcher
     app.state.metrics = ServingMetrics(weakref.ref(engine))
     _install_error_handler(app)
+    # Innermost (added first): the API key and size checks below answer before a body is parsed.
+    app.add_middleware(StrictJSONMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")
     async def count_and_limit(request: Request, call_next):

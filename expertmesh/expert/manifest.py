@@ -30,6 +30,15 @@ OPTIONAL_FILES = ("README.md",)
 REQUIRED_FILES = (MANIFEST_FILE, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, SIGNATURE_FILE)
 ALLOWED_FILES = REQUIRED_FILES + OPTIONAL_FILES
 
+# Caps on what one owner may make every reader of a registry list, store and send (a manifest is read by every
+# coordinator and dashboard). The manifest itself is capped when read (package.read_manifest); these bound its
+# free-text fields. A real manifest is ~2 KB, with a description of a sentence or two.
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_DESCRIPTION_CHARS = 4096
+MAX_DOMAIN_TAGS = 32                  # each a name: at most 64 characters (validate.NAME_PATTERN)
+MAX_SHORT_TEXT_CHARS = 128            # licence, base_fingerprint, created_at, embedder, target module names
+MAX_TARGET_MODULES = 64
+
 
 @dataclass
 class LoraSpec:
@@ -45,10 +54,19 @@ class LoraSpec:
         self.alpha = check_float("lora.alpha", self.alpha, lo=0.0, lo_open=True)
         self.dropout = check_float("lora.dropout", self.dropout, lo=0.0, hi=0.9)
         self.target_modules = check_str_list("lora.target_modules", self.target_modules, nonempty=True)
+        if len(self.target_modules) > MAX_TARGET_MODULES or any(len(m) > MAX_SHORT_TEXT_CHARS
+                                                                for m in self.target_modules):
+            raise PackageError(f"lora.target_modules: at most {MAX_TARGET_MODULES} names of at most "
+                               f"{MAX_SHORT_TEXT_CHARS} characters")
 
     @property
     def scaling(self) -> float:
         return self.alpha / self.r
+
+
+def _check_short_text(field_name: str, value: Any) -> None:
+    if not isinstance(value, str) or len(value) > MAX_SHORT_TEXT_CHARS:
+        raise PackageError(f"{field_name} must be a string of at most {MAX_SHORT_TEXT_CHARS} characters")
 
 
 @dataclass
@@ -64,6 +82,7 @@ class SignatureSpec:
         check_int("signature.hidden_size", self.hidden_size, lo=1)
         check_int("signature.num_pilots", self.num_pilots, lo=1)
         check_int("signature.embed_dim", self.embed_dim, lo=1)
+        _check_short_text("signature.embedder", self.embedder)
 
 
 @dataclass
@@ -86,12 +105,24 @@ class ExpertManifest:
     def __post_init__(self) -> None:
         check_name("name", self.name)
         check_name("owner", self.owner)
-        if not isinstance(self.base_fingerprint, str) or len(self.base_fingerprint) < 16:
-            raise PackageError(f"base_fingerprint={self.base_fingerprint!r} is not a fingerprint")
+        if not isinstance(self.base_fingerprint, str) or not 16 <= len(self.base_fingerprint) <= MAX_SHORT_TEXT_CHARS:
+            raise PackageError(f"base_fingerprint={str(self.base_fingerprint)[:80]!r} is not a fingerprint "
+                               f"(16-{MAX_SHORT_TEXT_CHARS} characters)")
         if self.version is not None:
-            check_int("version", self.version, lo=1)
+            check_int("version", self.version, lo=1, hi=2**31 - 1)
         self.domain_tags = [check_name("domain_tags[]", t) for t in check_str_list("domain_tags", self.domain_tags)]
-        if not isinstance(self.licence, str) or not self.licence or len(self.licence) > 128:
+        if len(self.domain_tags) > MAX_DOMAIN_TAGS:
+            raise PackageError(f"domain_tags has {len(self.domain_tags)} tags; at most {MAX_DOMAIN_TAGS} are allowed")
+        if not isinstance(self.description, str) or len(self.description) > MAX_DESCRIPTION_CHARS:
+            raise PackageError(f"description must be a string of at most {MAX_DESCRIPTION_CHARS} characters "
+                               f"(got {len(self.description) if isinstance(self.description, str) else type(self.description).__name__})")
+        _check_short_text("created_at", self.created_at)
+        for key in ("training", "metrics"):
+            if not isinstance(getattr(self, key), dict):
+                raise PackageError(f"{key} must be a JSON object")
+        if not isinstance(self.files, dict) or not all(isinstance(v, str) for v in self.files.values()):
+            raise PackageError("files must be a JSON object of file name -> sha256")
+        if not isinstance(self.licence, str) or not self.licence or len(self.licence) > MAX_SHORT_TEXT_CHARS:
             raise PackageError(f"licence={self.licence!r} must be a short non-empty string (an SPDX id is best)")
         if self.format_version != FORMAT_VERSION:
             raise PackageError(f"format_version={self.format_version} is not supported (this expertmesh reads {FORMAT_VERSION})")

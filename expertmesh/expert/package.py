@@ -6,7 +6,6 @@ the manifest. It never unpickles anything.
 """
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from expertmesh import strictjson
 from expertmesh.errors import BaseMismatchError, PackageError
 from expertmesh.expert.manifest import (
-    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, ALLOWED_FILES, MANIFEST_FILE, REQUIRED_FILES, SIGNATURE_FILE,
-    ExpertManifest,
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, ALLOWED_FILES, MANIFEST_FILE, MAX_MANIFEST_BYTES, REQUIRED_FILES,
+    SIGNATURE_FILE, ExpertManifest,
 )
 from expertmesh.fileio import sha256_file, write_json_atomic
 
 MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024  # bytes; a larger header is a malformed or hostile file
+MAX_ADAPTER_CONFIG_BYTES = 256 * 1024      # a PEFT adapter_config.json is ~1 KB
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -34,12 +35,16 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
             (n,) = struct.unpack("<Q", raw)
             if n <= 0 or n > MAX_SAFETENSORS_HEADER:
                 raise PackageError(f"{path.name} is not a safetensors file (header size {n})")
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PackageError(f"{path.name} is not a safetensors file (header is not JSON)") from None
+            raw_header = f.read(n)
+    except OSError as e:
+        raise PackageError(f"{path.name} cannot be read: {e}") from None
+    header = strictjson.loads(raw_header, what=f"{path.name} header", error=PackageError)
     if not isinstance(header, dict):
         raise PackageError(f"{path.name} is not a safetensors file")
     header.pop("__metadata__", None)
+    bad = [k for k, v in header.items() if not isinstance(v, dict)]
+    if bad:
+        raise PackageError(f"{path.name} is not a safetensors file (entry {bad[0][:64]!r} is not an object)")
     return header
 
 
@@ -47,11 +52,11 @@ def read_manifest(package_dir: str | Path) -> ExpertManifest:
     path = Path(package_dir) / MANIFEST_FILE
     if not path.is_file():
         raise PackageError(f"{package_dir} is not an expert package: {MANIFEST_FILE} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PackageError(f"{MANIFEST_FILE} is not valid UTF-8 JSON: {e}") from None
-    return ExpertManifest.from_dict(data)
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{MANIFEST_FILE} is {size} bytes; the limit is {MAX_MANIFEST_BYTES}",
+                           detail={"field": MANIFEST_FILE, "limit": MAX_MANIFEST_BYTES})
+    return ExpertManifest.from_dict(strictjson.loads(path.read_bytes(), what=MANIFEST_FILE, error=PackageError))
 
 
 def verify_package(package_dir: str | Path, *, expected_fingerprint: str | None = None) -> ExpertManifest:
@@ -88,10 +93,9 @@ def verify_package(package_dir: str | Path, *, expected_fingerprint: str | None 
 
 
 def _check_adapter_config(path: Path, manifest: ExpertManifest) -> None:
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PackageError(f"{ADAPTER_CONFIG_FILE} is not valid JSON") from None
+    if path.stat().st_size > MAX_ADAPTER_CONFIG_BYTES:
+        raise PackageError(f"{ADAPTER_CONFIG_FILE} is larger than {MAX_ADAPTER_CONFIG_BYTES} bytes")
+    cfg = strictjson.loads(path.read_bytes(), what=ADAPTER_CONFIG_FILE, error=PackageError)
     if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
         raise PackageError(f"{ADAPTER_CONFIG_FILE} is not a PEFT LoRA config")
     if cfg.get("r") != manifest.lora.r:

@@ -5,12 +5,13 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from registry import auth
+from registry.api.contract import ERROR_RESPONSES, Name, TokenId
 from registry.api.deps import PrincipalDep, RegistryDep
 from registry.events import as_utc
 from registry.models import Owner, Token
 from registry.schemas import OwnerCreate, OwnerPublic, TokenCreate, TokenIssued, TokenPublic, WhoAmI
 
-router = APIRouter(prefix="/v1", tags=["accounts"])
+router = APIRouter(prefix="/v1", tags=["accounts"], responses=ERROR_RESPONSES)
 
 
 def owner_public(o: Owner) -> OwnerPublic:
@@ -44,20 +45,20 @@ def list_owners(reg: RegistryDep, principal: PrincipalDep) -> list[OwnerPublic]:
 
 
 @router.post("/owners/{owner}/tokens", response_model=TokenIssued, status_code=201)
-def create_token(owner: str, body: TokenCreate, reg: RegistryDep, principal: PrincipalDep) -> TokenIssued:
+def create_token(owner: Name, body: TokenCreate, reg: RegistryDep, principal: PrincipalDep) -> TokenIssued:
     with reg.db.write() as s:
         token, secret = auth.create_token(s, principal, owner, body.scopes, body.label)
         return TokenIssued(**token_public(token, owner).model_dump(), token=secret)
 
 
 @router.get("/owners/{owner}/tokens", response_model=list[TokenPublic])
-def list_tokens(owner: str, reg: RegistryDep, principal: PrincipalDep) -> list[TokenPublic]:
+def list_tokens(owner: Name, reg: RegistryDep, principal: PrincipalDep) -> list[TokenPublic]:
     with reg.db.read() as s:
         return [token_public(t, owner) for t in auth.list_tokens(s, principal, owner)]
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenPublic)
-def revoke_token(token_id: int, reg: RegistryDep, principal: PrincipalDep) -> TokenPublic:
+def revoke_token(token_id: TokenId, reg: RegistryDep, principal: PrincipalDep) -> TokenPublic:
     with reg.db.write() as s:
         token = auth.revoke_token(s, principal, token_id)
         owner = s.get(Owner, token.owner_id)

@@ -1,12 +1,12 @@
 """Expert routes: publish, list/search, show, version metadata, archive download, withdraw, restore."""
 from __future__ import annotations
 
-from typing import Optional
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from registry import experts as svc
+from registry.api.contract import ERROR_RESPONSES, ListLimit, Name, NameFilter, Offset, SearchText, StatusFilter, \
+    VersionRef
 from registry.api.deps import PrincipalDep, RegistryDep
 from registry.api.uploads import TAR_BODY, handle_upload
 from expertmesh.errors import ExpertMeshError
@@ -16,13 +16,13 @@ from registry.store import ArtifactStore
 from registry.schemas import ExpertList, ExpertPublic, ExpertVersionPublic, PublishResult, StatusChangeRequest, \
     StatusResult
 
-router = APIRouter(prefix="/v1/experts", tags=["experts"])
+router = APIRouter(prefix="/v1/experts", tags=["experts"], responses=ERROR_RESPONSES)
 INLINE_ARCHIVE_BYTES = 4 * 1024 * 1024   # larger archives stream in 1 MiB chunks
 
 
 @router.post("/{name}/versions", response_model=PublishResult, status_code=201, openapi_extra=TAR_BODY,
              responses={200: {"model": PublishResult, "description": "identical content was already published"}})
-async def publish(name: str, request: Request, response: Response, reg: RegistryDep,
+async def publish(name: Name, request: Request, response: Response, reg: RegistryDep,
                   principal: PrincipalDep) -> PublishResult:
     """Publish a new version of an expert (publish scope, own names only). 201 new, 200 already published."""
     result = await handle_upload(request, reg, principal, name, svc.check_can_publish, svc.publish_expert)
@@ -32,22 +32,22 @@ async def publish(name: str, request: Request, response: Response, reg: Registry
 
 
 @router.get("", response_model=ExpertList)
-def list_experts(reg: RegistryDep, principal: PrincipalDep, domain: Optional[str] = None,
-                 owner: Optional[str] = None, status: str = ACTIVE, q: Optional[str] = None,
-                 limit: int = Query(100, ge=1), offset: int = Query(0, ge=0)) -> ExpertList:
+def list_experts(reg: RegistryDep, principal: PrincipalDep, domain: NameFilter = None,
+                 owner: NameFilter = None, status: StatusFilter = ACTIVE, q: SearchText = None,
+                 limit: ListLimit = 100, offset: Offset = 0) -> ExpertList:
     """List/search experts by domain tag, owner, status (active, withdrawn, all) and name substring."""
     return svc.list_experts(reg, principal, domain=domain, owner=owner, status=status, q=q, limit=limit,
                             offset=offset)
 
 
 @router.get("/{name}", response_model=ExpertPublic)
-def show(name: str, reg: RegistryDep, principal: PrincipalDep) -> ExpertPublic:
+def show(name: Name, reg: RegistryDep, principal: PrincipalDep) -> ExpertPublic:
     """An expert with all its versions and their manifests."""
     return svc.show_expert(reg, principal, name)
 
 
 @router.get("/{name}/versions/{version}", response_model=ExpertVersionPublic)
-def get_version(name: str, version: str, reg: RegistryDep, principal: PrincipalDep) -> ExpertVersionPublic:
+def get_version(name: Name, version: VersionRef, reg: RegistryDep, principal: PrincipalDep) -> ExpertVersionPublic:
     """One version (a number, or ``latest`` for the newest active one)."""
     return svc.get_version(reg, principal, name, version)
 
@@ -72,7 +72,7 @@ def archive_response(name: str, version: int, identity: str, document_sha: str, 
 @router.get("/{name}/versions/{version}/archive", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-tar": {}},
                              "description": "the package as a tar; X-Document-SHA256 is the manifest's sha256"}})
-def download(name: str, version: str, reg: RegistryDep, principal: PrincipalDep) -> Response:
+def download(name: Name, version: VersionRef, reg: RegistryDep, principal: PrincipalDep) -> Response:
     """Download a version as a tar. Withdrawn versions: 410 for everyone but the owner and admins."""
     info, blobs = svc.archive_entries(reg, principal, name, version)
     return archive_response(name, info.version, info.identity, info.manifest_sha256, info.archive_bytes, blobs,
@@ -80,12 +80,12 @@ def download(name: str, version: str, reg: RegistryDep, principal: PrincipalDep)
 
 
 @router.post("/{name}/withdraw", response_model=StatusResult)
-def withdraw(name: str, body: StatusChangeRequest, reg: RegistryDep, principal: PrincipalDep) -> StatusResult:
+def withdraw(name: Name, body: StatusChangeRequest, reg: RegistryDep, principal: PrincipalDep) -> StatusResult:
     """Global opt-out of the whole expert (or one version); owner or admin only."""
     return svc.set_status(reg, principal, name, withdraw=True, reason=body.reason, version=body.version)
 
 
 @router.post("/{name}/restore", response_model=StatusResult)
-def restore(name: str, body: StatusChangeRequest, reg: RegistryDep, principal: PrincipalDep) -> StatusResult:
+def restore(name: Name, body: StatusChangeRequest, reg: RegistryDep, principal: PrincipalDep) -> StatusResult:
     """Opt back in; owner or admin only."""
     return svc.set_status(reg, principal, name, withdraw=False, reason=body.reason, version=body.version)

@@ -1,23 +1,31 @@
 """Health, the change feed (revision + changes) and the audit log."""
 from __future__ import annotations
 
-from typing import Optional
-
 from fastapi import APIRouter, Query, Request, Response
 
-from registry import events
+from expertmesh.errors import ConfigError, StoreUnavailableError
+from registry import events, startup
+from registry.api.contract import ERROR_RESPONSES, Before, NameFilter, Since
 from registry.api.deps import PrincipalDep, RegistryDep
 from registry.auth import READ
 from registry.schemas import AuditEntryPublic, ChangeEventPublic, ChangesPage, Health, RevisionPublic
 
-router = APIRouter(tags=["feed"])
+router = APIRouter(tags=["feed"], responses=ERROR_RESPONSES)
 
 
 @router.get("/healthz", response_model=Health)
 def healthz(reg: RegistryDep) -> Health:
-    with reg.db.read() as s:
+    """200 when the database answers and the store takes writes; else 503 with code database_unavailable or
+    store_unavailable (the body says which, and why)."""
+    store_dir = getattr(reg.store, "tmp_dir", None)
+    if store_dir is not None:
+        try:
+            startup.check_writable(store_dir, "artifact store")
+        except ConfigError as e:
+            raise StoreUnavailableError(e.message) from None
+    with reg.db.read() as s:        # an outage raises here; the app maps it to 503 database_unavailable
         revision = events.current_revision(s)
-    return Health(status="ok", database=reg.db.dialect, revision=revision,
+    return Health(status="ok", database=reg.db.dialect, revision=revision, store="ok",
                   base_fingerprint=reg.settings.base_fingerprint)
 
 
@@ -44,7 +52,7 @@ def revision(request: Request, reg: RegistryDep, principal: PrincipalDep):  # no
 
 
 @router.get("/v1/changes", response_model=ChangesPage)
-def changes(reg: RegistryDep, principal: PrincipalDep, since: int = Query(0, ge=0),
+def changes(reg: RegistryDep, principal: PrincipalDep, since: Since = 0,
             limit: int = Query(500, ge=1, le=5000)) -> ChangesPage:
     """Events with revision > since, oldest first: expert.published/withdrawn/restored, composition.stored."""
     principal.require(READ)
@@ -57,8 +65,8 @@ def changes(reg: RegistryDep, principal: PrincipalDep, since: int = Query(0, ge=
 
 
 @router.get("/v1/audit", response_model=list[AuditEntryPublic])
-def audit(reg: RegistryDep, principal: PrincipalDep, subject: Optional[str] = None,
-          limit: int = Query(100, ge=1, le=1000), before: Optional[int] = Query(None, ge=1)
+def audit(reg: RegistryDep, principal: PrincipalDep, subject: NameFilter = None,
+          limit: int = Query(100, ge=1, le=1000), before: Before = None
           ) -> list[AuditEntryPublic]:
     """Newest first. Admins see every entry; an owner sees those about its own experts and account."""
     with reg.db.read() as s:

@@ -52,7 +52,7 @@ def test_admin_commands_on_a_local_database(env, tmp_path):
     revoked = run("registry", "revoke-token", "1", *db)
     missing = run("registry", "revoke-token", "99", *db, ok=False)
 
-    assert "schema revision 0001" in migrated.output and "created owner st-marys" in owner.output
+    assert "schema revision 0002" in migrated.output and "created owner st-marys" in owner.output
     assert dup.exit_code == 1 and dup.output.startswith("error: owner 'st-marys' already exists")
     assert token.stdout.strip().splitlines()[-1].startswith("emr_")
     assert "revoked token 1" in revoked.output

@@ -22,9 +22,15 @@ def _owners(comp, experts, base, corpora, domains=DOMAINS):
     return [OwnerSetup(str(comp), str(experts), str(corpora[d]), base=str(base), owner=d) for d in domains]
 
 
+# A round waits for replies up to round_timeout; on a loaded 2-core machine one tiny round has taken over 120 s,
+# so the bound is generous (1 h): a healthy run returns as soon as the replies arrive and never waits it out.
+GENEROUS_ROUND_TIMEOUT_S = 3600
+
+
 def _run(tmp_path, comp, experts, base, owners, **fed):
     setup = ServerSetup(str(comp), str(experts), str(tmp_path / "run"), base=str(base), train=TRAIN,
-                        federation={"rounds": 3, "min_clients": 2, "round_timeout": 120, **fed})
+                        federation={"rounds": 3, "min_clients": 2, "round_timeout": GENEROUS_ROUND_TIMEOUT_S,
+                                    **fed})
     return simulate(setup, owners, cpus_per_client=1, total_cpus=1)
 
 
