@@ -19,6 +19,7 @@ from expertmesh.errors import (
     AuthenticationError, BaseMismatchError, ConflictError, ExpertMeshError, ExpertWithdrawnError, IntegrityError,
     InvalidInputError, NotFoundError, PackageError, PayloadTooLargeError, PermissionDeniedError, RemoteError,
 )
+from registry import web
 from registry.api import accounts, compositions, experts, feed
 from registry.context import Registry
 from registry.publishing import clear_scratch
@@ -116,6 +117,7 @@ def create_app(settings: RegistrySettings, *, store: ArtifactStore | None = None
     _install_error_handlers(app)
     for module in (feed, accounts, experts, compositions):
         app.include_router(module.router)
+    web.mount(app)   # the HTML pages under /ui (registry/web)
     return app
 
 
