@@ -29,6 +29,37 @@ class Seeded:
     tokens: dict[str, str]       # owner -> secret
 
 
+METRICS = {"heldout_blocks": 16, "base_loss": 3.412, "expert_loss": 2.871, "gain": 0.541}
+AUDIT = {"seed": 0, "prefix_tokens": 32,
+         "base": {"extraction_rate": 0.0, "mia_auc": 0.51, "canary_exposure": 1.2},
+         "expert": {"extraction_rate": 0.03, "mia_auc": 0.58, "canary_exposure": 3.4}}
+
+
+def with_metrics(pkg: Path, metrics: dict) -> Path:
+    """Held-out metrics in the manifest, as expert training records them (re-finalised, so still valid)."""
+    import json
+
+    from expertmesh.expert.manifest import ExpertManifest
+    from expertmesh.expert.package import finalize_manifest
+
+    manifest = ExpertManifest.from_dict(json.loads((pkg / "manifest.json").read_text()))
+    manifest.metrics = metrics
+    finalize_manifest(pkg, manifest)
+    return pkg
+
+
+def store_audit(api: Api, name: str, version: int, audit: dict) -> None:
+    """Put an ``audit`` section into a stored manifest, as the expert audit (issue 15) will publish it."""
+    from sqlalchemy import select
+
+    from registry.models import Expert, ExpertVersion
+
+    with api.registry.db.write() as s:
+        row = s.scalar(select(ExpertVersion).join(Expert, Expert.id == ExpertVersion.expert_id)
+                       .where(Expert.name == name, ExpertVersion.version == version))
+        row.manifest = {**row.manifest, "audit": audit}
+
+
 def seed(api: Api, tmp: Path) -> Seeded:
     """alice owns law-expert (HTML in its description), bob owns med-expert, coord stores clinic@1."""
     tokens = {}
@@ -36,8 +67,9 @@ def seed(api: Api, tmp: Path) -> Seeded:
         headers = api.owner(name, tuple(scopes))
         tokens[name] = headers["Authorization"].split(" ", 1)[1]
     auth = {k: {"Authorization": f"Bearer {v}"} for k, v in tokens.items()}
-    r1 = api.publish(make_expert_package(tmp / "law", "law-expert", owner="alice", tags=("law",),
-                                         description=f"statutes {HOSTILE}"), auth["alice"])
+    law = make_expert_package(tmp / "law", "law-expert", owner="alice", tags=("law", "legal"),
+                              description=f"statutes {HOSTILE}")
+    r1 = api.publish(with_metrics(law, METRICS), auth["alice"])
     r2 = api.publish(make_expert_package(tmp / "med", "med-expert", owner="bob", tags=("medicine",), seed=1),
                      auth["bob"])
     assert r1.status_code == 201 and r2.status_code == 201, (r1.text, r2.text)
@@ -134,3 +166,15 @@ def live_site(tmp_path) -> Iterator[tuple[LiveServer, Seeded]]:
     app = create_app(web_settings(tmp_path))
     with LiveServer(app) as server, TestClient(app) as client:
         yield server, seed(Api(client, app), tmp_path / "pkgs")
+
+
+@pytest.fixture
+def tab(chromium):
+    """A new tab with no cookies (cookies are per host, not port, so earlier tests' sessions would leak)."""
+    chromium.clear_cookies()
+    page = chromium.new_page()
+    page.set_default_timeout(30_000)   # generous: two shared cores; waits are on events, not on the clock
+    try:
+        yield page
+    finally:
+        page.close()
