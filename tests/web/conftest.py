@@ -68,7 +68,7 @@ def seed(api: Api, tmp: Path) -> Seeded:
         tokens[name] = headers["Authorization"].split(" ", 1)[1]
     auth = {k: {"Authorization": f"Bearer {v}"} for k, v in tokens.items()}
     law = make_expert_package(tmp / "law", "law-expert", owner="alice", tags=("law", "legal"),
-                              description=f"statutes {HOSTILE}")
+                              description="Statutes, case law and contracts (EU and US)")
     r1 = api.publish(with_metrics(law, METRICS), auth["alice"])
     r2 = api.publish(make_expert_package(tmp / "med", "med-expert", owner="bob", tags=("medicine",), seed=1),
                      auth["bob"])
@@ -78,6 +78,13 @@ def seed(api: Api, tmp: Path) -> Seeded:
     r3 = api.store_composition(comp, auth["coord"])
     assert r3.status_code == 201, r3.text
     return Seeded(api=api, tokens=tokens)
+
+
+def publish_extra(site: Seeded, tmp: Path, name: str, description: str, tags: tuple[str, ...] = ("notes",)) -> None:
+    """One more expert of alice's (the escaping tests give it HTML in its description)."""
+    r = site.api.publish(make_expert_package(tmp / name, name, owner="alice", tags=tags, description=description,
+                                             seed=7), {"Authorization": f"Bearer {site.tokens['alice']}"})
+    assert r.status_code == 201, r.text
 
 
 def web_settings(tmp_path: Path):

@@ -34,9 +34,12 @@ def status_in_catalogue(tab, url: str, name: str) -> str:
     return tab.locator(f"tr[data-expert='{name}'] .status").inner_text()
 
 
-def test_log_in_browse_search_and_withdraw(live_site, tab):
+def test_log_in_browse_search_and_withdraw(live_site, tab, tmp_path):
+    from tests.web.conftest import HOSTILE, publish_extra
+
     server, site = live_site
     url, alice = server.url, site.tokens["alice"]
+    publish_extra(site, tmp_path, "note-expert", f"notes {HOSTILE}")
     before = api_revision(url, alice)
 
     log_in(tab, url, alice)
@@ -48,7 +51,9 @@ def test_log_in_browse_search_and_withdraw(live_site, tab):
              for i in range(tab.locator("#experts tbody tr[data-expert]").count())]
     tab.click("a:has-text('law-expert')")
     tab.wait_for_url(f"{url}/ui/experts/law-expert")
+    tab.goto(f"{url}/ui/experts/note-expert")
     description = tab.locator("section.version td").first.inner_text()
+    tab.go_back()
     messages: list[str] = []
     tab.once("dialog", lambda d: (messages.append(d.message), d.accept()))
     tab.fill("input[name=reason]", "consent revoked by the clinic")
@@ -56,7 +61,7 @@ def test_log_in_browse_search_and_withdraw(live_site, tab):
     tab.wait_for_selector("#expert-status:has-text('withdrawn')")
     history = tab.locator("#history").inner_text()
 
-    assert rows_all == 2 and found == ["law-expert"]
+    assert rows_all == 3 and found == ["law-expert"]
     assert "<script>alert('x')</script>" in description          # shown as text, not run
     assert messages and messages[0].startswith("Withdraw law-expert?")
     assert "consent revoked by the clinic" in history
@@ -123,13 +128,19 @@ def test_composition_page_and_screenshots(live_site, tab, tmp_path):
 
     server, site = live_site
     url = server.url
+    from tests.web.conftest import publish_extra
+
     store_audit(site.api, "law-expert", 1, AUDIT)
-    bob = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {site.tokens['bob']}"})
-    assert bob.post("/v1/experts/med-expert/withdraw", json={"reason": "retired for re-training"}).status_code == 200
-    assert bob.post("/v1/experts/med-expert/restore", json={"reason": "re-trained"}).status_code == 200
+    publish_extra(site, tmp_path, "tax-expert", "Tax rulings 2019-2024 (superseded)", tags=("law", "tax"))
+    alice = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {site.tokens['alice']}"})
+    for path, reason in (("law-expert/withdraw", "a client asked to review its documents"),
+                         ("law-expert/restore", "review done: documents cleared"),
+                         ("tax-expert/withdraw", "superseded by law-expert")):
+        assert alice.post(f"/v1/experts/{path}", json={"reason": reason}).status_code == 200
     log_in(tab, url, site.tokens["alice"])
     shots = {}
 
+    tab.goto(f"{url}/ui/?status=all")
     shots["catalogue"] = tab.screenshot(path=str(tmp_path / "web-catalogue.png"), full_page=True)
     tab.goto(f"{url}/ui/experts/law-expert")
     audit_rows = tab.locator("table.audit tr").count()

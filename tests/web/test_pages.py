@@ -3,7 +3,7 @@ withdraw/restore, tokens, the composition heat map; and that the JSON API still 
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
-from tests.web.conftest import AUDIT, HOSTILE, csrf_of, login, store_audit
+from tests.web.conftest import AUDIT, HOSTILE, csrf_of, login, publish_extra, store_audit
 
 
 def withdraw_form(client, name: str, reason: str, version: str = ""):
@@ -66,17 +66,19 @@ def test_revoking_the_token_ends_its_session(site, as_owner):
     assert r.status_code == 200 and "Your session ended" in r.text and 'action="/ui/login"' in r.text
 
 
-def test_html_in_descriptions_and_reasons_is_escaped(site, as_owner):
+def test_html_in_descriptions_and_reasons_is_escaped(site, as_owner, tmp_path):
+    publish_extra(site, tmp_path, "note-expert", f"notes {HOSTILE}")
     alice = as_owner("alice")
     withdraw_form(alice, "law-expert", f"leak {HOSTILE}")
 
-    pages = [alice.get(p).text for p in ("/ui/?status=all", "/ui/experts/law-expert", "/ui/account",
-                                          "/ui/compositions/clinic")]
+    pages = [alice.get(p).text for p in ("/ui/?status=all", "/ui/experts/note-expert", "/ui/experts/law-expert",
+                                          "/ui/account", "/ui/compositions/clinic")]
 
     for html in pages:
         assert "<script>alert" not in html and "<b>bold</b>" not in html
-    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in pages[1]
-    assert "leak &lt;script&gt;" in pages[1] and "leak &lt;script&gt;" in pages[3]
+    escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;"
+    assert escaped in pages[0] and escaped in pages[1]
+    assert "leak &lt;script&gt;" in pages[2] and "leak &lt;script&gt;" in pages[4]
 
 
 def test_unknown_expert_composition_and_page_are_404_pages(site, as_owner):
