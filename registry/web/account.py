@@ -11,11 +11,12 @@ from fastapi.responses import RedirectResponse, Response
 from expertmesh.errors import AuthenticationError, ExpertMeshError, InvalidInputError
 from registry import auth, events
 from registry import experts as expert_svc
-from registry.auth import SCOPES, ADMIN
+from registry.auth import ADMIN, SCOPES
 from registry.context import Registry
 from registry.web.handlers import registry_of, renderer_of, run_page, safe_next
 from registry.web.session import (
-    LOGIN_CSRF_COOKIE, WebSession, check_csrf, clear_session, new_login_csrf, principal_for, set_session,
+    LOGIN_CSRF_COOKIE, WebSession, check_csrf, clear_session, new_login_csrf, principal_for, set_login_csrf,
+    set_session,
 )
 from registry.web.tokens import issue_own_token
 
@@ -26,11 +27,10 @@ ISSUABLE = [s for s in SCOPES if s != ADMIN]
 
 
 def _login_page(request: Request, *, next_url: str, message: str = "", status: int = 200) -> Response:
-    placeholder = Response()
-    csrf = new_login_csrf(placeholder, request)
+    csrf = new_login_csrf()
     page = renderer_of(request).page(request, "login.html", status=status, next_url=next_url, message=message,
                                      csrf=csrf)
-    page.raw_headers.extend(h for h in placeholder.raw_headers if h[0] == b"set-cookie")
+    set_login_csrf(page, request, csrf)
     return page
 
 
@@ -44,7 +44,7 @@ def login_form(request: Request, next: str = "", ended: str = "") -> Response:
 def login(request: Request, token: str = Form(""), csrf: str = Form(""), next: str = Form("")) -> Response:
     reg = registry_of(request)
     try:
-        check_csrf(request, csrf, request.cookies.get(LOGIN_CSRF_COOKIE, ""))
+        check_csrf(reg, request, csrf, request.cookies.get(LOGIN_CSRF_COOKIE, ""))
     except ExpertMeshError as e:
         return renderer_of(request).error(request, e)
     secret = token.strip()
@@ -62,7 +62,7 @@ def login(request: Request, token: str = Form(""), csrf: str = Form(""), next: s
 def _posted(request: Request, csrf: str, act) -> Response:  # noqa: ANN001 - act(reg, session) -> Response
     """Check the form's CSRF token for the session, then run ``act``; errors become the error page."""
     def build(reg: Registry, session: WebSession) -> Response:
-        check_csrf(request, csrf, session.csrf)
+        check_csrf(reg, request, csrf, session.csrf)
         return act(reg, session)
     return run_page(request, build)
 
@@ -148,9 +148,11 @@ async def create_token(request: Request) -> Response:
 
 
 @router.post("/tokens/{token_id}/revoke")
-def revoke_token(token_id: int, request: Request, csrf: str = Form("")) -> Response:
+def revoke_token(token_id: str, request: Request, csrf: str = Form("")) -> Response:
     def act(reg: Registry, session: WebSession) -> Response:
+        if not token_id.isdigit():
+            raise InvalidInputError(f"token id {token_id!r} must be a number")
         with reg.db.write() as s:
-            auth.revoke_token(s, session.principal, token_id)
+            auth.revoke_token(s, session.principal, int(token_id))
         return RedirectResponse("/ui/account", status_code=303)
     return _posted(request, csrf, act)

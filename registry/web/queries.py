@@ -2,8 +2,8 @@
 expert's withdraw/restore history. Both read public data only (the change feed, composition membership)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 import datetime as dt
+from dataclasses import dataclass
 
 from sqlalchemy import select
 

@@ -87,23 +87,28 @@ def clear_session(response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
 
 
-def new_login_csrf(response: Response, request: Request) -> str:
-    value = secrets.token_urlsafe(24)
+def new_login_csrf() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def set_login_csrf(response: Response, request: Request, value: str) -> None:
     response.set_cookie(LOGIN_CSRF_COOKIE, value, max_age=3600, path=COOKIE_PATH, httponly=True, samesite="strict",
                         secure=_secure(request))
-    return value
 
 
-def check_origin(request: Request) -> None:
+def check_origin(request: Request, *, trust_forwarded: bool) -> None:
     """A browser sends Origin on every POST; one from another site is refused whatever the form carries."""
     origin = request.headers.get("origin")
     if origin is None:   # not a browser form post (curl, the typed client); the CSRF token still applies
         return
-    if urlsplit(origin).netloc != request.headers.get("host", ""):
+    hosts = {request.headers.get("host", "")}
+    if trust_forwarded:   # behind the reverse proxy the settings trust, the browser saw the proxy's host
+        hosts.add(request.headers.get("x-forwarded-host", "").split(",")[0].strip())
+    if urlsplit(origin).netloc not in hosts:
         raise CsrfError("cross-site form submission refused (Origin does not match this registry)")
 
 
-def check_csrf(request: Request, sent: str, expected: str) -> None:
-    check_origin(request)
+def check_csrf(reg: Registry, request: Request, sent: str, expected: str) -> None:
+    check_origin(request, trust_forwarded=reg.settings.trust_forwarded_for)
     if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise CsrfError("the form's CSRF token is missing or wrong; reload the page and try again")

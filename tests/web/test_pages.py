@@ -109,7 +109,11 @@ def test_post_without_or_with_a_wrong_csrf_token_is_refused(site, as_owner):
                             data={"reason": "forged", "csrf": csrf_of(alice.get("/ui/").text)})
     login_forged = TestClient(site.api.app).post("/ui/login", data={"token": site.tokens["alice"]})
 
-    for r in (missing, wrong, other_site, login_forged):
+    proxied = alice.post("/ui/experts/law-expert/withdraw", headers={"Origin": "https://registry.example",
+                                                                      "X-Forwarded-Host": "registry.example"},
+                         data={"reason": "proxy host not trusted", "csrf": csrf_of(alice.get("/ui/").text)})
+
+    for r in (missing, wrong, other_site, login_forged, proxied):
         assert r.status_code == 403 and ("CSRF" in r.text or "cross-site" in r.text), r.text
     assert revision(site) == before
     assert alice.get("/v1/experts/law-expert", headers={"Authorization": f"Bearer {site.tokens['alice']}"}) \
@@ -194,14 +198,17 @@ def test_account_page_issues_scoped_tokens_and_revokes_them(site, as_owner):
                                    headers={"Authorization": f"Bearer {site.tokens['alice']}"}).json()
               if t["label"] == "ci <i>bot</i>"][0]["id"]
     revoked = alice.post(f"/ui/tokens/{new_id}/revoke", data={"csrf": csrf})
-    bob_revokes = as_owner("bob").post(f"/ui/tokens/1/revoke", data={"csrf": csrf_of(as_owner("bob").get("/ui/").text)})
+    bob = as_owner("bob")
+    bob_csrf = csrf_of(bob.get("/ui/").text)
+    bob_revokes = bob.post("/ui/tokens/1/revoke", data={"csrf": bob_csrf})
+    bad_id = bob.post("/ui/tokens/one/revoke", data={"csrf": bob_csrf})
 
     assert issued.status_code == 200 and secret.startswith("emr_") and "ci &lt;i&gt;bot&lt;/i&gt;" in issued.text
     assert wider.status_code == 403 and "only have scopes you have" in wider.text
     assert admin.status_code == 403 and forged.status_code == 403
     assert new_login.status_code == 200 and 'id="withdraw"' not in new_client.get("/ui/experts/law-expert").text
     assert revoked.status_code == 200 and new_client.get("/ui/").url.path == "/ui/login"
-    assert bob_revokes.status_code == 403
+    assert bob_revokes.status_code == 403 and bad_id.status_code == 400 and "must be a number" in bad_id.text
     actions = revoked.text.split('id="audit"')[1]
     assert "token.revoked" in actions and "token.created" in actions and "expert.published" in actions
 
