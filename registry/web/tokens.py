@@ -24,8 +24,9 @@ def issue_own_token(session: Session, actor: Principal, scopes: list[str], label
     have = set(actor.scopes) | {READ}    # every scope implies read (Principal.require)
     wider = [s for s in wanted if s == ADMIN or s not in have]
     if wider:
-        raise PermissionDeniedError(f"a token you issue may only have scopes you have ({', '.join(sorted(actor.scopes))}); "
-                                    f"not {', '.join(wider)}", detail={"field": "scopes"})
+        mine = ", ".join(sorted(have - {ADMIN}))
+        raise PermissionDeniedError(f"a token you issue may only have scopes you have ({mine}); not {', '.join(wider)}",
+                                    detail={"field": "scopes"})
     owner = get_owner(session, actor.owner_name)
     secret = new_token_secret()
     token = Token(owner_id=owner.id, label=label.strip()[:MAX_LABEL], scopes=",".join(wanted),

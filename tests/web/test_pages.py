@@ -213,6 +213,19 @@ def test_account_page_issues_scoped_tokens_and_revokes_them(site, as_owner):
     assert "token.revoked" in actions and "token.created" in actions and "expert.published" in actions
 
 
+def test_owner_page_withdraws_and_restores_its_experts(site, as_owner):
+    alice = as_owner("alice")
+    page = alice.get("/ui/account").text
+    row = page.split('data-expert="law-expert"')[1].split("</tr>")[0]
+
+    done = alice.post("/ui/experts/law-expert/withdraw", data={"csrf": csrf_of(page), "reason": "from my page"})
+    after = alice.get("/ui/account").text.split('data-expert="law-expert"')[1].split("</tr>")[0]
+
+    assert 'action="/ui/experts/law-expert/withdraw"' in row and 'data-confirm="Withdraw law-expert?"' in row
+    assert done.status_code == 200 and "withdrawn" in after and "from my page" in after
+    assert 'action="/ui/experts/law-expert/restore"' in after
+
+
 def test_owner_page_shows_only_own_data(site, as_owner):
     bob = as_owner("bob").get("/ui/account").text
     admin = TestClient(site.api.app)
