@@ -24,6 +24,7 @@ from expertmesh.errors import (
 )
 from expertmesh.strictjson import StrictJSONMiddleware
 from registry import faults, startup
+from registry import web
 from registry.api import accounts, compositions, experts, feed
 from registry.context import Registry
 from registry.publishing import clear_scratch
@@ -137,6 +138,7 @@ def create_app(settings: RegistrySettings, *, store: ArtifactStore | None = None
     for module in (feed, accounts, experts, compositions):
         app.include_router(module.router)
     app.add_middleware(StrictJSONMiddleware)     # NaN, lone surrogates, NUL, deep nesting: 400 before parsing
+    web.mount(app)   # the HTML pages under /ui (registry/web)
     return app
 
 
