@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from expertmesh.errors import ConfigError, PackageError
-from expertmesh.validate import check_choice, check_float, check_int, check_name, check_str_list
+from expertmesh.validate import check_choice, check_float, check_int, check_known_fields, check_name, check_str_list
 
 FORMAT_VERSION = 1
 COMPOSITION_FILE = "composition.json"
@@ -164,10 +164,7 @@ class CompositionSpec:
     def from_dict(cls, data: Any) -> "CompositionSpec":
         if not isinstance(data, dict):
             raise PackageError(f"{COMPOSITION_FILE} must hold a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PackageError(f"{COMPOSITION_FILE} has unknown fields {unknown}")
+        check_known_fields(cls, data, what=COMPOSITION_FILE, error=PackageError)
         try:
             return cls(**data)
         except PackageError:
