@@ -20,7 +20,7 @@ from expertmesh.errors import (
 )
 from expertmesh.expert.package import read_safetensors_header
 from registry import events
-from registry.archive import tar_size
+from expertmesh.archive import tar_size
 from registry.auth import COORDINATE, READ, Principal, valid_name
 from registry.context import Registry
 from registry.experts import BlobEntry, effective_status, parse_ref
