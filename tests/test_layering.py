@@ -2,7 +2,8 @@
 
 - The core library ``expertmesh/`` imports no web framework, SQL, Flower or app package, at module level or inside
   a function (a lazy import still runs app code from the core).
-- ``clients/`` imports no ``registry``: the typed client must not depend on the server package.
+- ``clients/`` imports no ``registry``: the typed client must not depend on the server package. The services and
+  trainers (registry, serving, router_training) import the core and clients, never each other or an app above.
 - No import cycle among the project's modules, counting the imports that run when a module is loaded (module and
   class level; not those inside functions, not those under ``if TYPE_CHECKING``).
 """
@@ -15,9 +16,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("expertmesh", "registry", "clients", "router_training", "serving", "cli", "benchmarks")
-CORE_FORBIDDEN = {"fastapi", "starlette", "sqlalchemy", "alembic", "flwr", "uvicorn", "pydantic", "registry",
-                  "clients", "router_training", "serving", "cli", "benchmarks"}
-CLIENT_FORBIDDEN = {"registry"}
+APPS = {"cli", "benchmarks"}
+FORBIDDEN = {   # top-level package -> what it may not import
+    "expertmesh": {"fastapi", "starlette", "sqlalchemy", "alembic", "flwr", "uvicorn", "pydantic", "registry",
+                   "clients", "router_training", "serving"} | APPS,
+    "clients": {"registry", "serving", "router_training"} | APPS,
+    "registry": {"clients", "serving", "router_training"} | APPS,
+    "serving": {"registry", "router_training"} | APPS,
+    "router_training": {"registry", "serving"} | APPS,
+}
 
 
 def module_files(root: Path, packages=PACKAGES) -> dict[str, Path]:
@@ -70,8 +77,7 @@ def _absolute(module: str, is_pkg: bool, name: str | None, level: int) -> str:
 def layering_violations(root: Path) -> list[str]:
     bad = []
     for module, path in module_files(root).items():
-        top = module.split(".")[0]
-        forbidden = CORE_FORBIDDEN if top == "expertmesh" else CLIENT_FORBIDDEN if top == "clients" else set()
+        forbidden = FORBIDDEN.get(module.split(".")[0], set())
         for name, _ in imports_of(module, path):
             if name.split(".")[0] in forbidden:
                 bad.append(f"{path.relative_to(root)} imports {name}")
@@ -143,7 +149,7 @@ def test_every_module_is_read():
     assert len(core) == len(list((ROOT / "expertmesh").rglob("*.py")))
 
 
-def test_core_and_clients_follow_the_import_rules():
+def test_every_layer_follows_the_import_rules():
     assert layering_violations(ROOT) == []
 
 
@@ -166,6 +172,7 @@ def bad_tree(tmp_path):
     _write(tmp_path, "expertmesh/c.py", "def g():\n    from router_training.task import tune_router\n")
     _write(tmp_path, "clients/__init__.py", "")
     _write(tmp_path, "clients/x.py", "from registry.archive import safe_extract\n")
+    _write(tmp_path, "serving/__init__.py", "def h():\n    import router_training.kinds\n")
     return tmp_path
 
 
@@ -174,5 +181,6 @@ def test_the_checker_finds_what_it_forbids(bad_tree):
         "clients/x.py imports registry.archive", "clients/x.py imports registry.archive.safe_extract",
         "expertmesh/a.py imports fastapi",
         "expertmesh/c.py imports router_training.task", "expertmesh/c.py imports router_training.task.tune_router",
+        "serving/__init__.py imports router_training.kinds",
     ]
     assert cycles(load_time_graph(bad_tree)) == [["expertmesh.a", "expertmesh.b"]]
