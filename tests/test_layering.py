@@ -184,3 +184,47 @@ def test_the_checker_finds_what_it_forbids(bad_tree):
         "serving/__init__.py imports router_training.kinds",
     ]
     assert cycles(load_time_graph(bad_tree)) == [["expertmesh.a", "expertmesh.b"]]
+
+
+_NO_ML = """
+import importlib.abc, sys
+
+class NoML(importlib.abc.MetaPathFinder):   # torch, numpy, safetensors, transformers are absent from this process
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "numpy", "safetensors", "transformers", "peft", "faiss", "flwr"):
+            raise ImportError(f"{name} is not installed in a registry-only deployment")
+
+sys.meta_path.insert(0, NoML())
+"""
+
+
+def test_the_registry_publishes_and_serves_without_torch(tmp_path):
+    """What ``pip install .[registry]`` must run: the app, an upload verified, a download, with no ML stack."""
+    import subprocess
+    import sys
+
+    from tests.registry.conftest import ADMIN_TOKEN, make_expert_package, pack
+
+    body, sha = pack(make_expert_package(tmp_path / "pkg", "law-expert"))
+    (tmp_path / "pkg.tar").write_bytes(body)
+    code = _NO_ML + f"""
+from fastapi.testclient import TestClient
+from registry.app import create_app
+from registry.settings import RegistrySettings
+import cli.main
+
+admin = {{"Authorization": "Bearer {ADMIN_TOKEN}"}}
+with TestClient(create_app(RegistrySettings(data_dir={str(tmp_path / "data")!r}, admin_token={ADMIN_TOKEN!r}))) as c:
+    assert c.post("/v1/owners", json={{"name": "alice"}}, headers=admin).status_code == 201
+    tok = c.post("/v1/owners/alice/tokens", json={{"scopes": ["publish", "read"]}}, headers=admin).json()["token"]
+    h = {{"Authorization": "Bearer " + tok, "Content-Type": "application/x-tar", "X-Content-SHA256": {sha!r}}}
+    r = c.post("/v1/experts/law-expert/versions", content=open({str(tmp_path / "pkg.tar")!r}, "rb").read(),
+               headers=h)
+    assert r.status_code == 201, r.text
+    got = c.get("/v1/experts/law-expert/versions/1/archive", headers=h)
+    assert got.status_code == 200 and len(got.content) > 0
+assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "numpy", "safetensors")]
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
