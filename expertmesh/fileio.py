@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
-from expertmesh.errors import ConflictError
+from expertmesh.errors import ConflictError, PackageError
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -39,6 +39,18 @@ def atomic_file(path: str | Path, *, mode: int | None = None, newline: str | Non
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_package_json(path: str | Path, missing: str) -> Any:
+    """The JSON document in a package's file ``path``; PackageError(``missing``) if it is absent, and one naming the
+    file if it is not UTF-8 JSON (expert manifests, composition specs, uploaded composition documents)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PackageError(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PackageError(f"{path.name} is not valid UTF-8 JSON: {e}") from None
 
 
 def write_json_atomic(path: str | Path, data: Any, *, mode: int | None = None) -> None:

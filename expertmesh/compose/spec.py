@@ -233,13 +233,10 @@ def write_composition(out_dir: str | Path, spec: CompositionSpec, tensors: dict[
 
 
 def read_spec(comp_dir: str | Path) -> CompositionSpec:
-    path = Path(comp_dir) / COMPOSITION_FILE
-    if not path.is_file():
-        raise PackageError(f"{comp_dir} is not a composition: {COMPOSITION_FILE} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PackageError(f"{COMPOSITION_FILE} is not valid UTF-8 JSON: {e}") from None
+    from expertmesh.fileio import read_package_json
+
+    data = read_package_json(Path(comp_dir) / COMPOSITION_FILE,
+                             f"{comp_dir} is not a composition: {COMPOSITION_FILE} is missing")
     return CompositionSpec.from_dict(data)
 
 

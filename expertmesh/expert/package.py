@@ -17,7 +17,7 @@ from expertmesh.expert.manifest import (
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, ALLOWED_FILES, MANIFEST_FILE, REQUIRED_FILES, SIGNATURE_FILE,
     ExpertManifest,
 )
-from expertmesh.fileio import sha256_file, write_json_atomic
+from expertmesh.fileio import read_package_json, sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -45,13 +45,8 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def read_manifest(package_dir: str | Path) -> ExpertManifest:
-    path = Path(package_dir) / MANIFEST_FILE
-    if not path.is_file():
-        raise PackageError(f"{package_dir} is not an expert package: {MANIFEST_FILE} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PackageError(f"{MANIFEST_FILE} is not valid UTF-8 JSON: {e}") from None
+    data = read_package_json(Path(package_dir) / MANIFEST_FILE,
+                             f"{package_dir} is not an expert package: {MANIFEST_FILE} is missing")
     return ExpertManifest.from_dict(data)
 
 
