@@ -18,9 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from expertmesh.errors import (
-    AuthenticationError, BaseMismatchError, ConflictError, ExpertMeshError, ExpertWithdrawnError, IntegrityError,
-    InvalidInputError, NotFoundError, PackageError, PayloadTooLargeError, PermissionDeniedError, RemoteError,
-    StorageFullError, UnavailableError,
+    ExpertMeshError, InternalError, InvalidInputError, MethodNotAllowedError, NotFoundError, status_for,
 )
 from expertmesh.strictjson import StrictJSONMiddleware
 from registry import faults, startup
@@ -32,32 +30,6 @@ from registry.settings import RegistrySettings
 from registry.store import ArtifactStore
 
 log = logging.getLogger("expertmesh.registry")
-
-# Most specific class first wins (looked up along the exception's MRO).
-STATUS_BY_ERROR: dict[type[ExpertMeshError], int] = {
-    PayloadTooLargeError: 413,
-    IntegrityError: 400,
-    BaseMismatchError: 422,
-    PackageError: 422,
-    InvalidInputError: 400,
-    AuthenticationError: 401,
-    PermissionDeniedError: 403,
-    NotFoundError: 404,
-    ConflictError: 409,
-    ExpertWithdrawnError: 410,
-    RemoteError: 502,
-    UnavailableError: 503,
-    StorageFullError: 507,
-    ExpertMeshError: 500,
-}
-
-
-def status_for(exc: ExpertMeshError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return 500
-
 
 def error_response(exc: ExpertMeshError) -> JSONResponse:
     status = status_for(exc)
@@ -87,9 +59,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             err: ExpertMeshError = NotFoundError("no such endpoint; see /openapi.json")
         elif exc.status_code == 405:
             allow = _allowed_methods(app, request)
-            err = InvalidInputError(f"method {request.method} is not allowed here; use {', '.join(allow)}",
-                                    detail={"allow": allow})
-            err.code = "method_not_allowed"
+            err = MethodNotAllowedError(f"method {request.method} is not allowed here; use {', '.join(allow)}",
+                                        detail={"allow": allow})
             headers = {"Allow": ", ".join(allow)}
         else:
             err = ExpertMeshError(str(exc.detail))
@@ -109,8 +80,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in the registry")
-        err = ExpertMeshError(f"internal error ({type(exc).__name__}); see the registry log")
-        err.code = "internal_error"
+        err = InternalError(f"internal error ({type(exc).__name__}); see the registry log")
         return JSONResponse(err.to_body(), status_code=500)
 
 

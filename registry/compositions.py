@@ -20,8 +20,9 @@ from expertmesh.errors import (
 from expertmesh import strictjson
 from expertmesh.expert.manifest import MAX_MANIFEST_BYTES, MAX_SHORT_TEXT_CHARS
 from expertmesh.expert.package import read_safetensors_header
+from expertmesh.fileio import read_package_json
 from registry import events
-from registry.archive import tar_size
+from expertmesh.archive import tar_size
 from registry.auth import COORDINATE, READ, Principal, valid_name
 from registry.context import Registry
 from registry.experts import BlobEntry, effective_status, parse_ref
@@ -41,13 +42,8 @@ MAX_MEMBERS = 1024
 
 def read_document(root: Path) -> dict[str, Any]:
     """Load and loosely check composition.json; return it without any ``version`` field."""
-    path = root / DOCUMENT_FILE
-    if not path.is_file():
-        raise PackageError(f"a composition needs {DOCUMENT_FILE}")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise PackageError(f"{DOCUMENT_FILE} is larger than {MAX_MANIFEST_BYTES} bytes",
-                           detail={"field": DOCUMENT_FILE, "limit": MAX_MANIFEST_BYTES})
-    doc = strictjson.loads(path.read_bytes(), what=DOCUMENT_FILE, error=PackageError)
+    doc = read_package_json(root / DOCUMENT_FILE, f"a composition needs {DOCUMENT_FILE}",
+                            max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(doc, dict):
         raise PackageError(f"{DOCUMENT_FILE} must hold a JSON object")
     doc.pop("version", None)
