@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from expertmesh.errors import (
     AuthenticationError, BaseMismatchError, ConflictError, ExpertMeshError, ExpertWithdrawnError, IntegrityError,
@@ -31,6 +31,7 @@ from registry.settings import RegistrySettings
 from registry.store import ArtifactStore
 
 log = logging.getLogger("expertmesh.registry")
+_HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 
 # Most specific class first wins (looked up along the exception's MRO).
 STATUS_BY_ERROR: dict[type[ExpertMeshError], int] = {
@@ -141,13 +142,13 @@ def create_app(settings: RegistrySettings, *, store: ArtifactStore | None = None
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
+    """Every method some route serves at this path, from the OpenAPI paths (Starlette's own 405 names only
+    the methods of the first route that matched the path)."""
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m.upper() in _HTTP_METHODS}
     return sorted(methods)
 
 
