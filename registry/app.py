@@ -102,8 +102,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OSError)
     async def _infrastructure(_request: Request, exc: Exception) -> JSONResponse:
         err = faults.as_library_error(exc)
-        assert err is not None
-        log.warning("registry dependency failed: %s: %s", type(exc).__name__, exc)
+        if err is None:               # not an outage: a bug, reported like any other (but the connection stays)
+            log.exception("unhandled error in the registry")
+            err = ExpertMeshError(f"internal error ({type(exc).__name__}); see the registry log")
+            err.code = "internal_error"
+        else:
+            log.warning("registry dependency failed: %s: %s", type(exc).__name__, exc)
         return error_response(err)
 
     @app.exception_handler(Exception)
