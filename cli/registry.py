@@ -79,9 +79,11 @@ def serve_cmd(db, data_dir, host, port, base_fingerprint, max_upload_mb, log_lev
 
     from registry.app import create_app
     from registry.settings import MIB
+    from registry.startup import build_checked
 
     settings = _settings(db, data_dir, base_fingerprint=base_fingerprint,
                          max_upload_bytes=int(max_upload_mb * MIB) if max_upload_mb else None)
+    build_checked(settings).close()     # database, migrations, store: one `error:` line within seconds
     click.echo(f"registry on http://{host}:{port} (db {settings.describe()['database_url']})", err=True)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
@@ -93,23 +95,49 @@ def migrate_cmd(db, data_dir) -> None:  # noqa: ANN001
 
     Example: expertmesh registry migrate --db postgresql+psycopg://postgres@127.0.0.1/registry
     """
-    from registry.context import Registry
     from registry.db import current_revision
+    from registry.startup import build_checked
 
-    reg = Registry.build(_settings(db, data_dir))
+    reg = build_checked(_settings(db, data_dir).with_(migrate_on_startup=True))
     try:
-        reg.migrate()
         click.echo(f"database at schema revision {current_revision(reg.db.engine)}")
     finally:
         reg.close()
 
 
+@registry_group.command("gc")
+@_with_db
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@click.option("--grace-s", default=3600.0, show_default=True, type=click.FloatRange(0),
+              help="Keep unreferenced blobs younger than this (a publish in flight stores blobs before its row).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gc_cmd(db, data_dir, dry_run, grace_s, as_json) -> None:  # noqa: ANN001
+    """Remove blobs no version references and spools of dead uploads from the artifact store.
+
+    Example: expertmesh registry gc --dry-run
+    """
+    from registry.gc import collect
+    from registry.startup import build_checked
+
+    reg = build_checked(_settings(db, data_dir))
+    try:
+        report = collect(reg, dry_run=dry_run, grace_s=grace_s)
+    finally:
+        reg.close()
+    if as_json:
+        _echo_json(report.as_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(report.unreferenced)} unreferenced blob(s) and {len(report.spools)} stale spool(s), "
+               f"{report.bytes_freed} bytes; kept {report.blobs_referenced} referenced and {report.kept_young} "
+               f"young blob(s)")
+
+
 def _local_admin(db: str | None, data_dir: str | None):  # noqa: ANN202
     from registry.auth import ADMIN, Principal
-    from registry.context import Registry
+    from registry.startup import build_checked
 
-    reg = Registry.build(_settings(db, data_dir))
-    reg.migrate()
+    reg = build_checked(_settings(db, data_dir).with_(migrate_on_startup=True))
     import getpass
     import socket
 

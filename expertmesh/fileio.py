@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
+from expertmesh import strictjson
 from expertmesh.errors import ConflictError, PackageError
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from expertmesh.errors import (
     ExpertMeshError, InternalError, InvalidInputError, MethodNotAllowedError, NotFoundError, status_for,
@@ -30,6 +30,7 @@ from registry.settings import RegistrySettings
 from registry.store import ArtifactStore
 
 log = logging.getLogger("expertmesh.registry")
+_HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 
 def error_response(exc: ExpertMeshError) -> JSONResponse:
     status = status_for(exc)
@@ -73,8 +74,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OSError)
     async def _infrastructure(_request: Request, exc: Exception) -> JSONResponse:
         err = faults.as_library_error(exc)
-        assert err is not None
-        log.warning("registry dependency failed: %s: %s", type(exc).__name__, exc)
+        if err is None:               # not an outage: a bug, reported like any other (but the connection stays)
+            log.exception("unhandled error in the registry")
+            err = ExpertMeshError(f"internal error ({type(exc).__name__}); see the registry log")
+            err.code = "internal_error"
+        else:
+            log.warning("registry dependency failed: %s: %s", type(exc).__name__, exc)
         return error_response(err)
 
     @app.exception_handler(Exception)
@@ -113,13 +118,13 @@ def create_app(settings: RegistrySettings, *, store: ArtifactStore | None = None
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
+    """Every method some route serves at this path, from the OpenAPI paths (Starlette's own 405 names only
+    the methods of the first route that matched the path)."""
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m.upper() in _HTTP_METHODS}
     return sorted(methods)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import errno
 
-from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from expertmesh.errors import (
     DatabaseUnavailableError, ExpertMeshError, InvalidInputError, StorageFullError, StoreUnavailableError,
@@ -28,12 +29,15 @@ def store_error(exc: OSError) -> ExpertMeshError:
                                  detail={"errno": exc.errno})
 
 
-def database_error(exc: SQLAlchemyError) -> ExpertMeshError:
+def database_error(exc: SQLAlchemyError) -> ExpertMeshError | None:
+    """The database is down or unreachable (503), or refused a value (400); None for anything else (a bug)."""
     cause = getattr(exc, "orig", None) or exc
     first_line = (str(cause).strip().splitlines() or [""])[0][:200]
     if isinstance(exc, DataError):
         # A value the database refused (out of range, NUL in text): input the request checks let through.
         return InvalidInputError(f"the database refused a value of this request: {first_line}")
+    if not isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)):
+        return None
     return DatabaseUnavailableError(f"the registry database is unavailable ({type(cause).__name__}: {first_line}); "
                                     "retry later", detail={"cause": type(cause).__name__})
 

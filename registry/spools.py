@@ -2,8 +2,8 @@
 
 Every spool (``<data>/tmp/*.upload``), unpack dir and store temp file is named ``<pid>@<host>~...``. At startup
 a registry removes those written on this host by a process that no longer runs (killed mid-upload), however
-young; a live process's files, and other hosts' (replicas sharing the data dir), are kept until ``max_age_s``
-has passed. A process whose pid equals ours is dead too: at startup we have no upload in flight.
+young; a live process's files are kept; other hosts' (replicas sharing the data dir) and untagged ones are kept
+until ``max_age_s`` has passed. A process whose pid equals ours is dead too: at startup we have no upload in flight.
 """
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ def is_stale(path: Path, *, max_age_s: float = DEFAULT_MAX_AGE_S, startup: bool 
     ``max_age_s``. ``startup``: our own pid's files are from a previous process (pid reuse) and are stale."""
     m = _TAG.match(path.name)
     if m and m.group(2) == _host():
+        # Known writer on this host: stale exactly when it is gone (it removes its own files when it is done)
         pid = int(m.group(1))
-        if (startup and pid == os.getpid()) or not _pid_alive(pid):
-            return True
+        return (startup and pid == os.getpid()) or not _pid_alive(pid)
     try:
         age = (time.time() if now is None else now) - path.lstat().st_mtime
     except FileNotFoundError:

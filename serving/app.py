@@ -40,6 +40,20 @@ from serving.schemas import ChatCompletionRequest, CompletionRequest, _Common
 
 log = logging.getLogger("expertmesh.serving")
 
+# Every error answer, documented once for every route (the OpenAPI schema states what the server does).
+_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "detail": {"type": "object"}}}}}
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    for status, text in {400: "malformed request; the message names the field", 401: "missing or wrong API key",
+                         404: "no such model or endpoint", 405: "method not allowed on this path",
+                         413: "request body over the limit", 503: "overloaded or not ready; retry (Retry-After)",
+                         504: "generation timed out"}.items()}
+_STREAMING = {200: {"description": "a completion; with stream=true, server-sent events",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
 def as_library_error(exc: Exception) -> ExpertMeshError:
     """Anything raised while serving, as an error of the one tree."""
     if isinstance(exc, ExpertMeshError):
@@ -122,7 +136,8 @@ def create_app(settings: ServeSettings, engine: Engine, *, watcher=None) -> Fast
 
     app = FastAPI(title="expertmesh inference", version="1", lifespan=lifespan,
                   description="OpenAI-compatible API over a composition of LoRA experts, with per-request "
-                              "opt-in/opt-out, routing traces and live owner withdrawal.")
+                              "opt-in/opt-out, routing traces and live owner withdrawal.",
+                  responses=ERROR_RESPONSES)
     app.state.settings, app.state.engine, app.state.watcher = settings, engine, watcher
     app.state.metrics = ServingMetrics(weakref.ref(engine))
     _install_error_handler(app)
@@ -163,7 +178,8 @@ def _add_routes(app: FastAPI) -> None:
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "not ready: the same body, status not_ready",
+                                         "content": {"application/json": {"schema": {"type": "object"}}}}})
     def readyz(request: Request, engine: EngineDep) -> JSONResponse:
         watcher = request.app.state.watcher
         reg = watcher.status() if watcher is not None else {"configured": False}
@@ -172,7 +188,8 @@ def _add_routes(app: FastAPI) -> None:
                 ("ready", "running", "waiting", "epoch", "withdrawn", "fail_closed")}, "registry": reg}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {
+        "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics(m: MetricsDep) -> Response:
         return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -185,14 +202,14 @@ def _add_routes(app: FastAPI) -> None:
         _check_model(settings, engine, mid)
         return _model_card(settings, engine)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_STREAMING)
     async def completions(body: CompletionRequest, engine: EngineDep, settings: SettingsDep, m: MetricsDep):
         body.check_supported()
         _check_model(settings, engine, body.model)
         reqs = [_build(engine, settings, p, body, body.max_tokens, chat=False) for p in body.prompts()]
         return await serve_requests(engine, settings, m, reqs, body, CompletionFormat(model_id(settings, engine)))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_STREAMING)
     async def chat(body: ChatCompletionRequest, engine: EngineDep, settings: SettingsDep, m: MetricsDep):
         body.check_supported()
         _check_model(settings, engine, body.model)

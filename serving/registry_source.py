@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from expertmesh.errors import PackageError
+from expertmesh.errors import ExpertWithdrawnError, NotFoundError, PackageError
 from expertmesh.serving.watcher import RegistrySnapshot
 
 log = logging.getLogger("expertmesh.serving")
@@ -50,7 +50,13 @@ class MemberSource:
             return None
         withdrawn = set()
         for name, version in self.members.items():
-            v = self.client.get_version(name, version or "latest")
+            try:
+                v = self.client.get_version(name, version or "latest")
+            except (ExpertWithdrawnError, NotFoundError):
+                # 410: the expert (or every version of it) is withdrawn; 404: it left the registry. Either
+                # is an answer, not an outage: mask this member and keep serving the others.
+                withdrawn.add(name)
+                continue
             if v.status != "active":
                 withdrawn.add(name)
         return RegistrySnapshot(etag=new_etag, revision=revision, withdrawn=frozenset(withdrawn))

@@ -11,7 +11,7 @@ from tests.registry.conftest import ADMIN_TOKEN, make_expert_package
 from cli.main import cli
 
 COMMANDS = [["registry"], ["registry", "serve"], ["registry", "migrate"], ["registry", "create-owner"],
-            ["registry", "create-token"], ["registry", "revoke-token"], ["registry", "audit"], ["login"],
+            ["registry", "create-token"], ["registry", "revoke-token"], ["registry", "audit"], ["registry", "gc"], ["login"],
             ["publish"], ["ls"], ["show"], ["pull"], ["withdraw"], ["restore"]]
 
 

@@ -125,3 +125,16 @@ def test_not_ready_after_the_engine_stops(make_app):
         engine.stop()
         assert c.get("/readyz").status_code == 503
         assert_error(c.post("/v1/completions", json=OK), 503, "not_ready")
+
+
+@pytest.mark.parametrize("raw,field", [
+    (b'{"model": "tiny", "prompt": "x", "temperature": NaN}', "NaN"),
+    (b'{"model": "tiny", "prompt": "x", "temperature": Infinity}', "Infinity"),
+    (b'{"model": "tiny", "prompt": "x\\u0000y"}', "$.prompt"),
+    (b'{"model": "tiny", "prompt": "\\ud800"}', "$.prompt"),
+    (b'{"model": "tiny", "prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "nested deeper"),
+], ids=["nan", "infinity", "nul", "lone-surrogate", "deep"])
+def test_strict_json_bodies(client, raw, field):
+    """Issue 13: NaN, Infinity, NUL, lone surrogates and deep nesting are refused before parsing, naming where."""
+    r = client.post("/v1/completions", content=raw, headers={"Content-Type": "application/json"})
+    assert field in assert_error(r, 400, "invalid_input")["message"]

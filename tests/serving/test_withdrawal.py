@@ -209,3 +209,49 @@ def test_withdrawal_and_new_version_through_the_registry(registry, serving_exper
         resp = client.completions.create(model="clinic", prompt="the rate", max_tokens=3,
                                          extra_body={"include_experts": ["finance"], "return_routing": True})
         assert resp.model_extra["routing"]["weights"]["finance"] > 0
+
+
+def test_local_mode_withdrawal_masks_one_member_and_keeps_serving(registry, serving_experts, tiny_base_dir,
+                                                                   tmp_path):
+    """Issue 13 hole 8: a --local composition (no member versions) polls ``versions/latest``; a withdrawn
+    expert answers 410 there, which used to count as 'registry unreachable' and, after stale_after_s, took the
+    whole server out of service. Now the member is masked within the bound and the others keep serving."""
+    import shutil
+
+    from clients.registry_client import RegistryClient
+    from expertmesh.base import load_base
+    from expertmesh.compose import build_composition
+    from serving.app import create_app
+    from serving.launch import build_server
+    from expertmesh.serving.settings import ServeSettings
+
+    # Prepare: members published in the registry; a local composition over local copies, without versions
+    url, owner, reader = registry
+    for name, d in serving_experts.items():
+        owner.publish(d)
+        shutil.copytree(d, tmp_path / "experts" / name)
+    build_composition("local-mesh", tmp_path / "experts", "domain", out=tmp_path / "composition", top_k=2)
+    settings = ServeSettings(composition=str(tmp_path / "composition"), registry_url=url, registry_token=reader,
+                             poll_interval_s=0.2, stale_after_s=1.0, max_context=512, max_tokens_limit=400)
+    engine, watcher = build_server(settings, experts_dir=tmp_path / "experts", base=load_base(str(tiny_base_dir)),
+                                   client=RegistryClient(url, reader))
+    assert watcher is not None and engine.withdrawn == set()
+    with TestClient(create_app(settings, engine, watcher=watcher)) as c:
+        # Execute: the owner withdraws law
+        owner.withdraw("law", reason="consent revoked")
+        t_commit = time.monotonic()
+        assert _wait(lambda: "law" in engine.withdrawn, BOUND_S + 1)
+        applied = engine.withdrawal_log[-1]["applied_at"] - t_commit
+        # Assert: masked within the bound; still ready after several stale periods; the others serve
+        stale_window = time.monotonic() + 3 * settings.stale_after_s
+        assert not _wait(lambda: c.get("/readyz").status_code != 200, stale_window - time.monotonic())
+        r = c.post("/v1/completions", json={"model": "local-mesh", "prompt": "the patient", "max_tokens": 3,
+                                            "include_experts": ["medicine"], "return_routing": True})
+        assert r.status_code == 200, r.text
+        weights = r.json()["routing"]["weights"]
+        assert weights["medicine"] > 0 and weights.get("law", 0.0) == 0.0
+        assert watcher.status()["failures"] == 0 and engine.withdrawn == {"law"}
+        assert applied < BOUND_S
+        # restore: law is unmasked again
+        owner.restore("law", reason="consent given again")
+        assert _wait(lambda: "law" not in engine.withdrawn, BOUND_S + 1)
