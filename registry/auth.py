@@ -151,12 +151,22 @@ def list_tokens(session: Session, actor: Principal, owner_name: str) -> list[Tok
     return list(session.scalars(select(Token).where(Token.owner_id == owner.id).order_by(Token.id)))
 
 
+def _may_revoke_other(actor: Principal, target: Token) -> bool:
+    wider = set(parse_scopes(target.scopes)) - set(actor.scopes) - {READ}   # every scope implies read
+    return target.owner_id == actor.owner_id and ADMIN not in target.scopes.split(",") and not wider
+
+
 def revoke_token(session: Session, actor: Principal, token_id: int) -> Token:
-    """An admin revokes any token; any other token may revoke only itself (a leaked read token must not be able
-    to lock its owner out by revoking the owner's publish and admin tokens)."""
+    """An admin revokes any token, and any token may revoke itself. Otherwise a token may revoke only another token
+    of its own owner that holds no scope it lacks, and never an admin token: the tokens it could have issued
+    (registry/web/tokens.py). So a leaked read token cannot lock its owner out by revoking the owner's publish and
+    admin tokens, and an owner can still retire a read token from the owner page."""
     if not actor.is_admin and actor.token_id != token_id:
-        raise PermissionDeniedError("only an admin may revoke another token; a token may revoke itself",
-                                    detail={"required_scope": ADMIN})
+        target = session.get(Token, token_id)
+        if not (target is not None and _may_revoke_other(actor, target)):
+            raise PermissionDeniedError("a token may revoke itself, or another token of its owner with no scope it "
+                                        "lacks (never an admin token); an admin may revoke any",
+                                        detail={"required_scope": ADMIN})
     token = session.get(Token, token_id)
     if token is None:
         raise NotFoundError(f"token {token_id} does not exist")

@@ -212,6 +212,26 @@ def test_only_admin_or_the_token_itself_may_revoke(api):
     assert by_owner_admin.status_code == 200 and by_owner_admin.json()["revoked_at"]
 
 
+def test_a_token_may_revoke_its_owners_narrower_tokens_only(api):
+    # Prepare: alice has a publish and a read token; bob has a read token
+    publisher = api.owner("alice")
+    api.owner("alice", ("read",))
+    api.owner("bob", ("read",))
+    alice_tokens = api.client.get("/v1/owners/alice/tokens", headers=publisher).json()
+    read_id = [t["id"] for t in alice_tokens if t["scopes"] == ["read"]][0]
+    bob_read_id = api.client.get("/v1/owners/bob/tokens", headers=api.admin).json()[-1]["id"]
+
+    # Execute
+    narrower = api.client.delete(f"/v1/tokens/{read_id}", headers=publisher)
+    other_owner = api.client.delete(f"/v1/tokens/{bob_read_id}", headers=publisher)
+    missing = api.client.delete("/v1/tokens/99999", headers=publisher)
+
+    # Assert: the narrower token of the same owner goes; another owner's and an unknown id are refused alike
+    assert narrower.status_code == 200 and narrower.json()["revoked_at"]
+    assert_error(other_owner, 403, "permission_denied")
+    assert_error(missing, 403, "permission_denied")
+
+
 # --- 5. clear failures at startup and at runtime -------------------------------------------------------------------
 
 def _serve(*args: str, timeout: float = 60):
