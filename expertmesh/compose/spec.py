@@ -235,8 +235,11 @@ def write_composition(out_dir: str | Path, spec: CompositionSpec, tensors: dict[
 def read_spec(comp_dir: str | Path) -> CompositionSpec:
     from expertmesh.fileio import read_package_json
 
+    from expertmesh.expert.manifest import MAX_MANIFEST_BYTES
+
     data = read_package_json(Path(comp_dir) / COMPOSITION_FILE,
-                             f"{comp_dir} is not a composition: {COMPOSITION_FILE} is missing")
+                             f"{comp_dir} is not a composition: {COMPOSITION_FILE} is missing",
+                             max_bytes=MAX_MANIFEST_BYTES)   # the registry's cap on composition documents too
     return CompositionSpec.from_dict(data)
 
 
