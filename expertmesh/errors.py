@@ -45,6 +45,12 @@ class PackageError(InvalidInputError):
     code = "invalid_package"
 
 
+class AuditPolicyError(PackageError):
+    """An expert whose leakage audit is missing or over the thresholds a registry requires."""
+
+    code = "audit_policy"
+
+
 class BaseMismatchError(InvalidInputError):
     """An expert trained against another base model than the one in use."""
 
