@@ -143,3 +143,38 @@ def test_dp_delta_must_be_below_one_over_n(tiny_base_dir, audit_corpus, tmp_path
 
     with pytest.raises(ConfigError, match="dp_delta"):
         train_tiny_expert(tiny_base_dir, audit_corpus, tmp_path / "dp", "dp", steps=2, dp_epsilon=8.0, dp_delta=0.05)
+
+
+def test_cli_audit_records_prints_side_by_side_and_publish_requires_it(canary_expert, audit_corpus, tiny_base_dir,
+                                                                      tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from expertmesh.cli.main import cli
+
+    pkg = tmp_path / "mix"
+    shutil.copytree(canary_expert, pkg)
+    shutil.copy(canary_path(canary_expert), canary_path(pkg))
+    m = verify_package(pkg)
+    m.audit = {}
+    from expertmesh.expert.package import finalize_manifest
+    finalize_manifest(pkg, m)
+    refused = CliRunner().invoke(cli, ["publish", str(pkg), "--require-audit"])
+    assert refused.exit_code != 0 and "has no leakage audit" in refused.output
+    args = ["expert", "audit", "--expert", str(pkg), "--data", str(audit_corpus), "--base", str(tiny_base_dir),
+            "--extraction-samples", "8", "--mia-blocks", "8", "--canary-candidates", "50"]
+    small = CliRunner().invoke(cli, args)
+    assert small.exit_code != 0 and "error:" in small.output      # defaults need 16 blocks a side: clear error
+    assert not verify_package(pkg).audit                          # nothing half-written
+
+
+def test_audit_help_has_an_example():
+    from click.testing import CliRunner
+
+    from expertmesh.cli.main import cli
+
+    for cmd in (["expert", "audit"], ["expert", "train"], ["publish"]):
+        res = CliRunner().invoke(cli, cmd + ["--help"])
+        assert res.exit_code == 0 and "Example" in res.output
+    assert "--dp-epsilon" in CliRunner().invoke(cli, ["expert", "train", "--help"]).output
