@@ -47,6 +47,11 @@ def _args():
     ap.add_argument("--canary-candidates", type=int, default=300)
     ap.add_argument("--work", default=str(ROOT / "runs" / "privacy-bench"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "privacy-bench" / "results.json"))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a crowded machine; "
+                    "run one process per domain with --domains D --no-write, then once more to collect)")
+    ap.add_argument("--secagg-owners", type=int, default=3)
+    ap.add_argument("--secagg-rounds", type=int, default=2)
+    ap.add_argument("--skip-secagg", action="store_true")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md and results.json alone")
     return ap.parse_args()
@@ -87,6 +92,8 @@ def main() -> None:
     from expertmesh.expert.manifest import LoraSpec
     from expertmesh.expert.train import train_expert
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(args.work)
     base_spec = None
     if args.tiny:
@@ -95,8 +102,10 @@ def main() -> None:
         args.train_blocks, args.heldout_blocks, args.steps, args.seq_len = 24, 24, 4, 32
         args.extraction_samples, args.mia_blocks, args.canary_candidates = 8, 16, 20
     base = load_base(base_spec)
-    cache_file = work / "partial.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    cache = {}
+    for d in args.domains:   # one cache file per domain, so one process per domain can run at once
+        f = work / f"partial-{d}.json"
+        cache.update(json.loads(f.read_text()) if f.is_file() else {})
     t_start = time.time()
     lora = LoraSpec(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]) if not args.tiny \
         else LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
@@ -134,8 +143,9 @@ def main() -> None:
             cache[key] = {"audit": a, "train_tokens": tr["tokens"], "train_seconds": round(t_train, 1),
                           "audit_seconds": round(t_audit, 1), "train_blocks": tr["train_blocks"],
                           "dp": tr.get("dp"), "load_avg": os.getloadavg()}
+            cache_file = work / f"partial-{d}.json"
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_text(json.dumps(cache, indent=1))
+            cache_file.write_text(json.dumps({k: v for k, v in cache.items() if k.startswith(f"{d}/")}, indent=1))
             print(f"[{time.time() - t_start:7.0f}s] {key}: train {t_train:.0f}s audit {t_audit:.0f}s "
                   f"load {os.getloadavg()[0]:.1f} -> {json.dumps({k: v for k, v in a.items() if k[0] in 'cehm'})}",
                   flush=True)
@@ -157,10 +167,11 @@ def main() -> None:
                 "noise_multiplier": dp.get("noise_multiplier"), "clipping_norm": dp.get("clipping_norm"),
                 "train_tokens": c["train_tokens"], "train_blocks": c["train_blocks"],
                 "train_seconds": c["train_seconds"], "audit_seconds": c["audit_seconds"]}))
+    secagg = None if args.skip_secagg else _secagg_costs(work, base, args)
     for r in rows:
         if r.get("epsilon") == math.inf:
             r["epsilon"] = "inf"
-    result = {"format": FORMAT, "rows": rows, "gain_kept": _gain_kept(rows),
+    result = {"format": FORMAT, "rows": rows, "gain_kept": _gain_kept(rows), "secure_aggregation": secagg,
               "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out", "no_write")},
               "audit_settings": audit_cfg.__dict__, "seconds": round(time.time() - t_start, 1),
               "load_avg_end": os.getloadavg(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -173,6 +184,40 @@ def main() -> None:
     from expertmesh.bench.markdown import replace_section
 
     replace_section(ROOT / "BENCHMARKS.md", "privacy-bench", _markdown(result, " ".join(sys.argv[1:])))
+
+
+def _secagg_costs(work: Path, base, args) -> dict:
+    """Time and payload bytes per round of SecAgg+ vs plain Flower FedAvg, on arrays the size of a router over
+    ``secagg_owners`` members of this base ([L, N, d] rows + [N+1] bias). The owners' update is a fixed cheap
+    step, so the figures are the protocol's cost alone (local training time is the same either way)."""
+    import numpy as np
+
+    from router_training.secagg import SecAggConfig, run_secure
+
+    cached = work / "secagg.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    L, d, n = base.num_layers, base.hidden_size, args.secagg_owners
+    rng = np.random.default_rng(0)
+    initial = {"expert_rows": rng.standard_normal((L, n, d)).astype(np.float32) * 0.1,
+               "bias": np.zeros(n + 1, dtype=np.float32)}
+
+    def update(pid, arrays, server_round):
+        return {k: v + np.float32(0.01 * (pid + 1)) for k, v in arrays.items()}, 1000 * (pid + 1)
+    cfg = SecAggConfig(max_weight=1000.0 * n)
+    out = {"owners": n, "rounds": args.secagg_rounds, "floats": int(sum(v.size for v in initial.values())),
+           "settings": {k: v for k, v in cfg.__dict__.items()}, "tolerance": cfg.tolerance([1000 * (i + 1) for i in range(n)])}
+    aggregates = {}
+    for secure in (False, True):
+        stats = run_secure(initial, update, num_owners=n, num_rounds=args.secagg_rounds, cfg=cfg, secure=secure)
+        key = "secagg" if secure else "plain"
+        out[key] = [{"round": s.round, "seconds": s.seconds, "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
+                     "messages": s.messages} for s in stats]
+        aggregates[key] = stats[-1].aggregate
+    out["max_abs_diff"] = float(max(np.abs(aggregates["secagg"][k] - aggregates["plain"][k]).max() for k in initial))
+    out["load_avg"] = os.getloadavg()
+    cached.write_text(json.dumps(out, indent=1))
+    return out
 
 
 def _gain_kept(rows: list[dict]) -> dict:
@@ -207,6 +252,22 @@ def _markdown(res: dict, argv: str) -> str:
         lines.append(f"| {r['domain']} | {r['model']} | {fmt(r.get('epsilon'), 2)} | {r.get('train_tokens', '–')} | "
                      f"{fmt(r['extraction_rate'], 3)} | {fmt(r['mia_auc'], 3)} | {fmt(r['mia_auc_calibrated'], 3)} | "
                      f"{fmt(r['canary_exposure'], 2)} | {fmt(r['heldout_loss'])} |")
+    sa = res.get("secure_aggregation")
+    if sa:
+        # Round 1 also starts the simulation's Ray actors: average the later rounds where there are any.
+        steady = lambda k: sa[k][1:] or sa[k]  # noqa: E731
+        per = lambda k, f: sum(r[f] for r in steady(k)) / len(steady(k))  # noqa: E731
+        lines += ["", f"Secure aggregation (Flower SecAgg+, `router_training/secagg.py`), {sa['owners']} owners, "
+                  f"{sa['floats']:,} floats (router rows + bias of a {sa['owners']}-member composition), mean of "
+                  f"rounds 2..{sa['rounds']} (round 1 also starts the Ray actors); the owners' update is a fixed step so the figures are the protocol's "
+                  "own cost:", "", "| aggregation | s / round | bytes up / round | bytes down / round | messages |",
+                  "|---|---|---|---|---|"]
+        for k in ("plain", "secagg"):
+            lines.append(f"| {'plain FedAvg' if k == 'plain' else 'SecAgg+'} | {per(k, 'seconds'):.1f} | "
+                         f"{per(k, 'bytes_up'):,.0f} | {per(k, 'bytes_down'):,.0f} | {per(k, 'messages'):.0f} |")
+        lines += ["", f"SecAgg+ aggregate vs plain FedAvg: max |difference| {sa['max_abs_diff']:.2e} (quantisation "
+                  f"bound {sa['tolerance']:.2e}; clipping range {sa['settings']['clipping_range']}, "
+                  f"{sa['settings']['quantization_range']} levels)."]
     lines += ["", "Share of the non-DP expert's held-out gain over the base that each DP expert keeps: "
               + (", ".join(f"{k} {v:.0%}" for k, v in sorted(res["gain_kept"].items())) or "–") + ".", "",
               f"Wall time {res['seconds'] / 60:.1f} min; load average at the end "

@@ -225,3 +225,48 @@ def router_update(owners: list, kind_name: str, train_cfg: dict, digest: str, op
         return {k: v.detach().float().numpy() for k, v in kind.arrays(loaded.model).items()}, int(stats["tokens"])
 
     return update
+
+
+def tune_secure(setup, owners: list, cfg: SecAggConfig | None = None, *, total_cpus: int = 2) -> dict:
+    """Federated router (or MoT) tuning where the coordinator sees only SecAgg+ sums; same inputs and outputs as
+    ``simulate(setup, owners)`` (a composition under ``setup.out`` and history.json), plus per-round time and bytes.
+
+    ``max_weight`` defaults to the tokens one owner trains per round (its FedAvg weight), the tightest safe value.
+    """
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from expertmesh.errors import ExpertMeshError
+    from expertmesh.fileio import write_json_atomic
+    from router_training.kinds import get_kind, load_for_kind
+
+    kind = get_kind(setup.kind)
+    t = setup.train
+    cfg = cfg or SecAggConfig(max_weight=float(t.get("steps", 8) * t.get("batch_size", 4) * kind.seq_len(t)))
+    loaded = load_for_kind(kind, setup.composition, setup.experts, setup.base, setup.kind_options)
+    try:
+        initial = {k: v.detach().float().numpy() for k, v in kind.arrays(loaded.model).items()}
+        update = router_update(owners, setup.kind, setup.train, loaded.version, setup.kind_options, setup.seed)
+        stats = run_secure(initial, update, num_owners=len(owners), num_rounds=setup.federation.rounds, cfg=cfg,
+                           min_clients=setup.federation.min_clients, total_cpus=total_cpus)
+        done = [s for s in stats if s.aggregate]
+        if not done:
+            raise ExpertMeshError(f"no SecAgg+ round could aggregate ({sum(s.failures for s in stats)} failures)")
+        kind.set_arrays(loaded.model, {k: torch.from_numpy(np.asarray(v, dtype=np.float32))
+                                       for k, v in done[-1].aggregate.items()})
+        source = loaded.runtime.spec.name if loaded.runtime is not None else "fedavg"
+        name = setup.name or f"{source}-tuned"[:64]
+        output = kind.save(loaded.model, loaded, setup.experts, setup.out, name,
+                           {"federation": setup.federation.to_dict(), "train": setup.train,
+                            "secure_aggregation": {"protocol": "secagg+", **dataclasses.asdict(cfg)},
+                            "aggregated_rounds": len(done)})
+    finally:
+        loaded.close()
+    history = {"setup": setup.to_dict(), "secure_aggregation": dataclasses.asdict(cfg), "owners": len(owners),
+               "rounds": [{k: v for k, v in dataclasses.asdict(s).items() if k != "aggregate"} for s in stats],
+               "aggregated_rounds": len(done), "output": output}
+    write_json_atomic(Path(setup.out) / "history.json", json.loads(json.dumps(history, default=str)))
+    return history
