@@ -48,7 +48,8 @@ def _args():
     ap.add_argument("--work", default=str(ROOT / "runs" / "privacy-bench"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "privacy-bench" / "results.json"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a crowded machine; "
-                    "run one process per domain with --domains D --no-write, then once more to collect)")
+                    "run one process per domain/epsilon with --domains D --epsilons E --no-write --skip-secagg, "
+                    "then once more with everything to collect)")
     ap.add_argument("--secagg-owners", type=int, default=3)
     ap.add_argument("--secagg-rounds", type=int, default=2)
     ap.add_argument("--skip-secagg", action="store_true")
@@ -103,9 +104,8 @@ def main() -> None:
         args.extraction_samples, args.mia_blocks, args.canary_candidates = 8, 16, 20
     base = load_base(base_spec)
     cache = {}
-    for d in args.domains:   # one cache file per domain, so one process per domain can run at once
-        f = work / f"partial-{d}.json"
-        cache.update(json.loads(f.read_text()) if f.is_file() else {})
+    for f in sorted(work.glob("partial-*.json")):   # one file per (domain, model): processes may run side by side
+        cache.update({k: v for k, v in json.loads(f.read_text()).items() if k.split("/")[0] in args.domains})
     t_start = time.time()
     lora = LoraSpec(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]) if not args.tiny \
         else LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
@@ -143,9 +143,9 @@ def main() -> None:
             cache[key] = {"audit": a, "train_tokens": tr["tokens"], "train_seconds": round(t_train, 1),
                           "audit_seconds": round(t_audit, 1), "train_blocks": tr["train_blocks"],
                           "dp": tr.get("dp"), "load_avg": os.getloadavg()}
-            cache_file = work / f"partial-{d}.json"
+            cache_file = work / f"partial-{d}-{model}.json"
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_text(json.dumps({k: v for k, v in cache.items() if k.startswith(f"{d}/")}, indent=1))
+            cache_file.write_text(json.dumps({key: cache[key]}, indent=1))
             print(f"[{time.time() - t_start:7.0f}s] {key}: train {t_train:.0f}s audit {t_audit:.0f}s "
                   f"load {os.getloadavg()[0]:.1f} -> {json.dumps({k: v for k, v in a.items() if k[0] in 'cehm'})}",
                   flush=True)
