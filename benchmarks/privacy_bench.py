@@ -174,6 +174,9 @@ def main() -> None:
     result = {"format": FORMAT, "rows": rows, "gain_kept": _gain_kept(rows), "secure_aggregation": secagg,
               "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out", "no_write")},
               "audit_settings": audit_cfg.__dict__, "seconds": round(time.time() - t_start, 1),
+              "expert_seconds": round(sum(r.get("train_seconds", 0) + r.get("audit_seconds", 0) for r in rows), 1),
+              "missing": [f"{d}/{'expert' if e == 'inf' else 'expert-dp-eps' + e}" for d in args.domains
+                          for e in args.epsilons if f"{d}/{'expert' if e == 'inf' else 'expert-dp-eps' + e}" not in cache],
               "load_avg_end": os.getloadavg(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}}
     print(json.dumps(result, indent=1))
@@ -252,6 +255,8 @@ def _markdown(res: dict, argv: str) -> str:
         lines.append(f"| {r['domain']} | {r['model']} | {fmt(r.get('epsilon'), 2)} | {r.get('train_tokens', '–')} | "
                      f"{fmt(r['extraction_rate'], 3)} | {fmt(r['mia_auc'], 3)} | {fmt(r['mia_auc_calibrated'], 3)} | "
                      f"{fmt(r['canary_exposure'], 2)} | {fmt(r['heldout_loss'])} |")
+    if res.get("missing"):
+        lines += ["", f"**Partial run**: not yet measured: {', '.join(res['missing'])}."]
     sa = res.get("secure_aggregation")
     if sa:
         # Round 1 also starts the simulation's Ray actors: average the later rounds where there are any.
@@ -270,7 +275,8 @@ def _markdown(res: dict, argv: str) -> str:
                   f"{sa['settings']['quantization_range']} levels)."]
     lines += ["", "Share of the non-DP expert's held-out gain over the base that each DP expert keeps: "
               + (", ".join(f"{k} {v:.0%}" for k, v in sorted(res["gain_kept"].items())) or "–") + ".", "",
-              f"Wall time {res['seconds'] / 60:.1f} min; load average at the end "
+              f"Train + audit time summed over the experts {res['expert_seconds'] / 60:.1f} min (one thread each, "
+              f"nice 10; per row in results.json); load average at the collect step "
               f"{', '.join(f'{x:.1f}' for x in res['load_avg_end'])} (2 cores, shared). Raw rows: "
               "benchmarks/privacy-bench/results.json."]
     return "\n".join(lines)
