@@ -36,14 +36,22 @@ def expert() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--pilots", "num_pilots", default=8, show_default=True, type=int, help="RouterRetriever pilot embeddings.")
 @click.option("--checkpoint-every", default=25, show_default=True, type=int)
+@click.option("--canaries", default=0, show_default=True, type=int, help="Random secrets to plant for `expert audit`.")
+@click.option("--canary-repeats", default=8, show_default=True, type=int, help="Insertions of each canary.")
+@click.option("--dp-epsilon", default=None, type=float, help="Train with DP-SGD to this epsilon (default: no DP).")
+@click.option("--dp-delta", default=1e-5, show_default=True, type=float, help="DP delta (must be < 1/blocks).")
+@click.option("--dp-clip", default=1.0, show_default=True, type=float, help="DP per-sample clipping norm.")
 @click.option("--no-resume", is_flag=True, help="Ignore an earlier interrupted run's checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data, heldout, name, owner, out, base, tags, licence, rank, alpha, targets, steps, batch_size, seq_len,
-          lr, router_lr, precision, seed, num_pilots, checkpoint_every, no_resume, overwrite, quiet) -> None:
+          lr, router_lr, precision, seed, num_pilots, checkpoint_every, canaries, canary_repeats, dp_epsilon, dp_delta,
+          dp_clip, no_resume, overwrite, quiet) -> None:
     """Train a LoRA expert + router signature against the frozen public base.
 
     Example: expertmesh expert train --data data/corpora/medicine --name medicine --owner clinic --out experts/medicine --steps 40
+
+    Private variant: add --canaries 4 (secrets for `expert audit`) and --dp-epsilon 8 --dp-delta 1e-5 (DP-SGD).
     """
     from expertmesh.expert.config import TrainConfig
     from expertmesh.expert.manifest import LoraSpec
@@ -54,10 +62,16 @@ def train(data, heldout, name, owner, out, base, tags, licence, rank, alpha, tar
     cfg = TrainConfig(name=name, owner=owner, data=data, heldout=heldout, out=out, base=base, domain_tags=list(tags),
                       licence=licence, lora=lora, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
                       router_lr=router_lr, precision=precision, seed=seed, num_pilots=num_pilots,
-                      checkpoint_every=checkpoint_every, resume=not no_resume, overwrite=overwrite)
+                      checkpoint_every=checkpoint_every, canaries=canaries, canary_repeats=canary_repeats,
+                      dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, resume=not no_resume,
+                      overwrite=overwrite)
     result = train_expert(cfg, progress=not quiet)
     m = result.manifest.metrics
     click.echo(f"wrote {result.out}")
+    if "dp" in result.manifest.training:
+        dp = result.manifest.training["dp"]
+        click.echo(f"DP-SGD: epsilon {dp['epsilon']} delta {dp['delta']} clip {dp['clipping_norm']} "
+                   f"noise multiplier {dp['noise_multiplier']}")
     if m:
         click.echo(f"held-out loss: base {m['base_loss']:.4f} -> expert {m['expert_loss']:.4f} "
                    f"(ppl {m['base_ppl']:.2f} -> {m['expert_ppl']:.2f})")
@@ -97,6 +111,11 @@ def inspect_cmd(package) -> None:
 
     manifest = verify_package(Path(package))
     click.echo(json.dumps(manifest.to_dict(), indent=2))
+
+
+from expertmesh.cli.expert_audit import audit_cmd  # noqa: E402  (its own module: the audit is its own job)
+
+expert.add_command(audit_cmd)
 
 
 def register(group: click.Group) -> None:

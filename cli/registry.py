@@ -250,13 +250,21 @@ def login_cmd(url, token) -> None:  # noqa: ANN001
 
 @click.command("publish")
 @click.argument("package_dir", type=click.Path(exists=True, file_okay=False))
-def publish_cmd(package_dir) -> None:  # noqa: ANN001
+@click.option("--require-audit", is_flag=True, help="Refuse to upload a package whose manifest has no audit.")
+def publish_cmd(package_dir, require_audit) -> None:  # noqa: ANN001
     """Publish an expert package (from `expertmesh expert train`) as a new immutable version.
 
     Re-publishing identical content returns the existing version.
 
-    Example: expertmesh publish runs/law-expert
+    Example: expertmesh publish runs/law-expert --require-audit
     """
+    if require_audit:
+        from expertmesh.errors import AuditPolicyError
+        from expertmesh.expert.package import verify_package
+
+        if not verify_package(package_dir).audit:
+            raise AuditPolicyError(f"{package_dir} has no leakage audit: run `expertmesh expert audit --expert "
+                                   f"{package_dir} --data CORPUS` first")
     with _client() as c:
         r = c.publish(package_dir)
     click.echo(f"published {r.ref}" if r.created else f"{r.ref} already holds identical content; nothing new")
@@ -300,6 +308,10 @@ def show_cmd(ref, as_json) -> None:  # noqa: ANN001
     if version:
         click.echo(f"{obj.name}@{obj.version}  owner {obj.owner}  {obj.status}  {obj.size_bytes} bytes")
         click.echo(json.dumps(obj.manifest, indent=2, sort_keys=True))
+        if obj.manifest.get("audit"):
+            from expertmesh.cli.expert_audit import format_audit
+
+            click.echo("leakage audit:\n" + format_audit(obj.manifest["audit"]))
         return
     reason = f" ({obj.status_reason})" if obj.status_reason else ""
     click.echo(f"{obj.name}  owner {obj.owner}  {obj.status}{reason}  tags {','.join(obj.domain_tags)}")

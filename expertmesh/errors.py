@@ -49,6 +49,12 @@ class PackageError(InvalidInputError):
     http_status = 422
 
 
+class AuditPolicyError(PackageError):
+    """An expert whose leakage audit is missing or over the thresholds a registry requires."""
+
+    code = "audit_policy"
+
+
 class BaseMismatchError(InvalidInputError):
     """An expert trained against another base model than the one in use."""
 

@@ -59,6 +59,7 @@ def publish_expert(reg: Registry, principal: Principal, name: str, upload: Path)
     check_can_publish(reg, principal, name)
     with unpack(reg, upload, set(ALLOWED_FILES)) as pkg:
         manifest = verify_package(pkg, expected_fingerprint=reg.settings.base_fingerprint)
+        reg.settings.audit_policy.check(manifest.audit)
         if manifest.name != name:
             raise InvalidInputError(f"package is expert {manifest.name!r} but was uploaded as {name!r}",
                                     detail={"field": "name"})

@@ -8,6 +8,7 @@ Environment (all optional):
     EXPERTMESH_REGISTRY_ADMIN_TOKEN        bootstrap admin token (compared in constant time, never stored)
     EXPERTMESH_REGISTRY_MAX_UPLOAD_MB      upload size cap in MiB (default 512)
     EXPERTMESH_REGISTRY_TRUST_FORWARDED    "1": take the client address from X-Forwarded-For (behind a proxy)
+    EXPERTMESH_REGISTRY_AUDIT_POLICY       JSON AuditPolicy (registry/audit_policy.py): refuse unaudited experts
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from expertmesh.errors import ConfigError
 from expertmesh.validate import check_int
+from registry.audit_policy import AuditPolicy
 
 MIB = 1024 * 1024
 _ENV = "EXPERTMESH_REGISTRY_"
@@ -40,6 +42,7 @@ class RegistrySettings:
     migrate_on_startup: bool = True
     db_pool_size: int = 10                    # + db_pool_size overflow; the server threadpool has 40 threads
     list_limit_max: int = 1000
+    audit_policy: AuditPolicy = field(default_factory=AuditPolicy)   # default: audits optional, no limits
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -58,6 +61,8 @@ class RegistrySettings:
         check_int("max_upload_bytes", self.max_upload_bytes, lo=1024)
         check_int("db_pool_size", self.db_pool_size, lo=1, hi=200)
         check_int("list_limit_max", self.list_limit_max, lo=1)
+        if isinstance(self.audit_policy, dict):
+            self.audit_policy = AuditPolicy(**self.audit_policy)
 
     @property
     def resolved_database_url(self) -> str:
@@ -93,6 +98,8 @@ class RegistrySettings:
                 raise ConfigError(f"{_ENV}MAX_UPLOAD_MB={env[_ENV + 'MAX_UPLOAD_MB']!r} must be a number") from None
         if env.get(_ENV + "TRUST_FORWARDED"):
             kw["trust_forwarded_for"] = env[_ENV + "TRUST_FORWARDED"] in {"1", "true", "yes"}
+        if env.get(_ENV + "AUDIT_POLICY"):
+            kw["audit_policy"] = AuditPolicy.from_json(env[_ENV + "AUDIT_POLICY"])
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
@@ -106,6 +113,7 @@ class RegistrySettings:
         out["artifact_dir"] = str(self.resolved_artifact_dir)
         out["data_dir"] = str(self.data_dir)
         out["admin_token"] = "set" if self.admin_token else "unset"
+        out["audit_policy"] = self.audit_policy.to_dict()
         return out
 
 

@@ -38,6 +38,11 @@ class TrainConfig:
     embedder: str | None = None
     eval_blocks: int = 32
     checkpoint_every: int = 25
+    canaries: int = 0                          # random secrets planted for the audit (expert/canaries.py)
+    canary_repeats: int = 8                    # insertions of each canary
+    dp_epsilon: float | None = None            # DP-SGD target epsilon (expert/dp.py); None = no DP
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0                       # per-sample L2 clipping norm over all trainable tensors
     resume: bool = True
     overwrite: bool = False
 
@@ -58,6 +63,12 @@ class TrainConfig:
         check_int("num_pilots", self.num_pilots, lo=1, hi=1024)
         check_int("eval_blocks", self.eval_blocks, lo=1)
         check_int("checkpoint_every", self.checkpoint_every, lo=1)
+        check_int("canaries", self.canaries, lo=0, hi=1000)
+        check_int("canary_repeats", self.canary_repeats, lo=1, hi=1000)
+        if self.dp_epsilon is not None:
+            check_float("dp_epsilon", self.dp_epsilon, lo=0.0, lo_open=True, hi=1000.0)
+        check_float("dp_delta", self.dp_delta, lo=0.0, lo_open=True, hi=0.1)
+        check_float("dp_clip", self.dp_clip, lo=0.0, lo_open=True)
         if not Path(self.data).exists():
             raise DataError(f"data={self.data!r} does not exist: give a corpus directory, a .jsonl or a .txt file")
         if self.heldout is None and Path(self.data).is_dir() and (Path(self.data) / "heldout.jsonl").is_file():

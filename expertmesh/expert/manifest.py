@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ SIGNATURE_FILE = "signature.safetensors"
 OPTIONAL_FILES = ("README.md",)
 REQUIRED_FILES = (MANIFEST_FILE, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, SIGNATURE_FILE)
 ALLOWED_FILES = REQUIRED_FILES + OPTIONAL_FILES
+MAX_AUDIT_BYTES = 8192   # the audit is a few figures, seeds and settings, never data
 
 # Caps on what one owner may make every reader of a registry list, store and send (a manifest is read by every
 # coordinator and dashboard). The manifest itself is capped when read (package.read_manifest); these bound its
@@ -98,6 +100,7 @@ class ExpertManifest:
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)   # resolved train config + summary
     metrics: dict[str, Any] = field(default_factory=dict)    # held-out loss of base vs expert
+    audit: dict[str, Any] = field(default_factory=dict)      # owner-side leakage audit (expert/audit.py)
     files: dict[str, str] = field(default_factory=dict)      # file name -> sha256
     created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
     format_version: int = FORMAT_VERSION
@@ -126,6 +129,8 @@ class ExpertManifest:
             raise PackageError(f"licence={self.licence!r} must be a short non-empty string (an SPDX id is best)")
         if self.format_version != FORMAT_VERSION:
             raise PackageError(f"format_version={self.format_version} is not supported (this expertmesh reads {FORMAT_VERSION})")
+        if not isinstance(self.audit, dict) or len(json.dumps(self.audit)) > MAX_AUDIT_BYTES:
+            raise PackageError(f"manifest audit must be a JSON object of at most {MAX_AUDIT_BYTES} bytes")
         for fname in self.files:
             if fname not in ALLOWED_FILES or fname == MANIFEST_FILE:
                 raise PackageError(f"manifest lists file {fname!r}, which may not be in a package")

@@ -24,7 +24,10 @@ from torch import nn
 
 from expertmesh.base import Base, load_base
 from expertmesh.errors import ConfigError
+from expertmesh.expert.audit import data_digest
 from expertmesh.expert.blocks import mean_token_loss, pack_blocks
+from expertmesh.expert.canaries import canary_path, insert_canaries, make_canaries, save_canaries
+from expertmesh.expert.dp import accounted_epsilon, dp_step, plan_dp, poisson_batch
 from expertmesh.expert.config import TrainConfig
 from expertmesh.expert.manifest import ExpertManifest, SignatureSpec
 from expertmesh.expert.package import finalize_manifest, save_signature
@@ -89,13 +92,18 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
     model, tok = base.model, base.tokenizer
     paths = resolve_targets(model, cfg.lora.target_modules)
     train_texts = load_texts(cfg.data)
-    blocks = pack_blocks(tok, train_texts, cfg.seq_len, what=f"training data {cfg.data}")
+    canary_set = make_canaries(cfg.canaries, seed=cfg.seed, repeats=cfg.canary_repeats) if cfg.canaries else None
+    stream = insert_canaries(train_texts, canary_set) if canary_set else train_texts
+    blocks = pack_blocks(tok, stream, cfg.seq_len, what=f"training data {cfg.data}")
+    dp_plan = (plan_dp(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_clip, batch_size=cfg.batch_size,
+                       num_blocks=len(blocks), steps=cfg.steps) if cfg.dp_epsilon is not None else None)
     heldout = (pack_blocks(tok, load_texts(cfg.heldout), cfg.seq_len, max_blocks=cfg.eval_blocks,
                            what=f"held-out data {cfg.heldout}") if cfg.heldout else None)
 
     torch.manual_seed(cfg.seed)
     anchor = anchor_rows(model, tok)
-    init_rows = mean_layer_inputs(model, blocks[:16])
+    # Under DP the row starts at the public anchor: the mean hidden state of the owner's blocks is not private.
+    init_rows = anchor.clone() if dp_plan else mean_layer_inputs(model, blocks[:16])
     lora = _init_lora(model, paths, cfg.lora.r, cfg.seed)
     row = nn.Parameter(init_rows[:, None, :].clone())                           # [L, 1, d]
     expert = ExpertWeights(name=cfg.name, lora={p: (a, b) for p, (a, b) in lora.items()},
@@ -104,7 +112,7 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
     composed = ComposedModel(model, [expert], top_k=2, anchor_rows=anchor, expert_rows=row,
                              dropout=cfg.lora.dropout)
     try:
-        summary = _train_loop(cfg, composed, lora, row, blocks, progress, on_step)
+        summary = _train_loop(cfg, composed, lora, row, blocks, progress, on_step, dp_plan)
         composed.eval()
         metrics = {}
         if heldout is not None:
@@ -129,18 +137,25 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
                                 embedder=embedder.name),
         domain_tags=cfg.domain_tags or [cfg.name], licence=cfg.licence, description=cfg.description,
         training={"config": cfg.to_dict(), "base": str(cfg.base or "default"), **summary,
-                  "torch": torch.__version__, "train_blocks": len(blocks)},
+                  "torch": torch.__version__, "train_blocks": len(blocks), "data_digest": data_digest(train_texts),
+                  **({"canaries": {"count": cfg.canaries, "repeats": cfg.canary_repeats,
+                                   "sha256": canary_set.digest()}} if canary_set else {}),
+                  **({"dp": dp_plan.to_manifest(accounted_epsilon(dp_plan, cfg.steps))} if dp_plan else {})},
         metrics=metrics,
     )
     with atomic_directory(out, overwrite=cfg.overwrite) as tmp:
         save_peft_adapter(tmp, trained, cfg.lora, base_name=str(cfg.base or "smollm2-135m-instruct"))
         save_signature(tmp, row.detach()[:, 0, :], anchor, pilots)
         finalize_manifest(tmp, manifest)
+    if canary_set:
+        save_canaries(out, canary_set)   # beside the package, never in it: it stays on the owner's machine
+    else:
+        canary_path(out).unlink(missing_ok=True)   # a stale file from an earlier run would mislead the audit
     shutil.rmtree(_checkpoint_dir(cfg), ignore_errors=True)
     return TrainResult(out=out, manifest=manifest)
 
 
-def _train_loop(cfg, composed, lora, row, blocks, progress, on_step) -> dict:
+def _train_loop(cfg, composed, lora, row, blocks, progress, on_step, dp_plan=None) -> dict:
     from tqdm import tqdm
     from safetensors.torch import load_file, save_file
 
@@ -151,6 +166,7 @@ def _train_loop(cfg, composed, lora, row, blocks, progress, on_step) -> dict:
     else:
         row.requires_grad_(False)
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    trainable = [p for g in groups for p in g["params"]]
     base_lrs = [g["lr"] for g in opt.param_groups]
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
     ckpt = _checkpoint_dir(cfg)
@@ -173,18 +189,25 @@ def _train_loop(cfg, composed, lora, row, blocks, progress, on_step) -> dict:
     for step in bar:
         # Batch and dropout depend only on (seed, step), so a resumed run sees exactly what it would have.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(len(blocks), (cfg.batch_size,), generator=gen)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         for g, base_lr in zip(opt.param_groups, base_lrs):
             g["lr"] = base_lr * _lr_at(step, cfg)
-        ids = blocks[idx]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = composed(ids, labels=ids).loss
         opt.zero_grad(set_to_none=True)
-        loss.float().backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if dp_plan is not None:
+            def loss_of(x):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    return composed(x, labels=x).loss
+            ids = blocks[poisson_batch(len(blocks), dp_plan.sample_rate, gen)]
+            loss_value = dp_step(loss_of, ids, trainable, dp_plan, len(blocks), gen)
+        else:
+            ids = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                loss = composed(ids, labels=ids).loss
+            loss.float().backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            loss_value = float(loss.detach())
         opt.step()
-        losses.append(round(float(loss.detach()), 4))
+        losses.append(round(loss_value, 4))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_step:
             on_step(step, losses[-1])

@@ -1,0 +1,74 @@
+"""SecAgg+ (Flower's secaggplus_mod + SecAggPlusWorkflow) in the simulation engine: the coordinator's aggregate
+equals plain FedAvg of the owners' updates within the quantisation step, and a dropped owner is tolerated."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from expertmesh.errors import ConfigError
+from router_training.secagg import SecAggConfig, fedavg, run_secure
+
+INITIAL = {"rows": np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 12),
+           "bias": np.zeros(3, dtype=np.float32)}
+
+
+def owner_update(pid: int, arrays: dict, server_round: int):
+    """Deterministic stand-in for local training: a different step per owner and round, weight 10*(pid+1)."""
+    rng = np.random.default_rng(100 * server_round + pid)
+    return {k: arrays[k] + 0.1 * rng.standard_normal(arrays[k].shape).astype(np.float32)
+            for k in sorted(arrays)}, 10 * (pid + 1)
+
+
+def dropping_update(pid: int, arrays: dict, server_round: int):
+    if pid == 3:
+        raise RuntimeError("owner 3 went offline")
+    return owner_update(pid, arrays, server_round)
+
+
+def test_secure_aggregate_equals_plain_fedavg_within_the_quantisation_step():
+    cfg = SecAggConfig(max_weight=40)   # weights are 10..40
+    stats = run_secure(INITIAL, owner_update, num_owners=3, num_rounds=2, cfg=cfg)
+    assert [s.round for s in stats] == [1, 2] and all(s.failures == 0 for s in stats)
+    arrays = INITIAL
+    for st in stats:
+        want = fedavg([owner_update(pid, arrays, st.round) for pid in range(3)])
+        for k in INITIAL:
+            np.testing.assert_allclose(st.aggregate[k], want[k], rtol=0, atol=cfg.tolerance([10, 20, 30]))
+        arrays = {k: v.astype(np.float32) for k, v in st.aggregate.items()}
+    assert stats[0].bytes_up > 0 and stats[0].messages >= 4 * 3     # four protocol stages, three owners
+
+
+def test_a_dropped_owner_is_tolerated_and_left_out_of_the_average():
+    cfg = SecAggConfig(max_weight=40)   # weights are 10..40
+    [st] = run_secure(INITIAL, dropping_update, num_owners=4, num_rounds=1, cfg=cfg, min_clients=3)
+    assert st.failures >= 1     # Flower lists the dropped owner's error reply once per loop over the replies
+    want = fedavg([owner_update(pid, INITIAL, 1) for pid in range(3)])
+    for k in INITIAL:
+        np.testing.assert_allclose(st.aggregate[k], want[k], rtol=0, atol=cfg.tolerance([10, 20, 30]))
+
+
+def test_fewer_than_three_owners_are_refused():
+    with pytest.raises(ConfigError, match="at least 3 owners"):
+        run_secure(INITIAL, owner_update, num_owners=2)
+    with pytest.raises(ConfigError, match="reconstruction_threshold"):
+        SecAggConfig(reconstruction_threshold=0)
+
+
+def test_router_tuning_under_secagg_writes_a_tuned_composition(rt_composition, rt_experts, tiny_base_dir,
+                                                               tiny_corpora, tmp_path):
+    from expertmesh.compose.spec import read_spec
+    from router_training.client_app import OwnerSetup
+    from router_training.secagg import tune_secure
+    from router_training.server_app import ServerSetup
+
+    owners = [OwnerSetup(str(rt_composition), str(rt_experts), str(tiny_corpora[d]), base=str(tiny_base_dir), owner=d)
+              for d in ("medicine", "law", "code")]
+    setup = ServerSetup(str(rt_composition), str(rt_experts), str(tmp_path / "run"), base=str(tiny_base_dir),
+                        train={"steps": 3, "seq_len": 32, "lr": 1e-2, "eval_blocks": 4},
+                        federation={"rounds": 1, "min_clients": 3, "min_available": 3})
+    history = tune_secure(setup, owners)
+    assert history["aggregated_rounds"] == 1 and history["rounds"][0]["failures"] == 0
+    assert history["secure_aggregation"]["max_weight"] == 3 * 4 * 32          # tokens per owner per round
+    spec = read_spec(tmp_path / "run" / "composition")
+    assert spec.router_type == "tuned" and spec.name == "tiny-tuned"
+    assert (tmp_path / "run" / "router_arrays.safetensors").is_file()
