@@ -184,7 +184,7 @@ def main() -> None:
         return
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    from expertmesh.bench.markdown import replace_section
+    from benchmarks.mesh.markdown import replace_section
 
     replace_section(ROOT / "BENCHMARKS.md", "privacy-bench", _markdown(result, " ".join(sys.argv[1:])))
 

@@ -113,7 +113,7 @@ def inspect_cmd(package) -> None:
     click.echo(json.dumps(manifest.to_dict(), indent=2))
 
 
-from expertmesh.cli.expert_audit import audit_cmd  # noqa: E402  (its own module: the audit is its own job)
+from cli.expert_audit import audit_cmd  # noqa: E402  (its own module: the audit is its own job)
 
 expert.add_command(audit_cmd)
 

@@ -309,7 +309,7 @@ def show_cmd(ref, as_json) -> None:  # noqa: ANN001
         click.echo(f"{obj.name}@{obj.version}  owner {obj.owner}  {obj.status}  {obj.size_bytes} bytes")
         click.echo(json.dumps(obj.manifest, indent=2, sort_keys=True))
         if obj.manifest.get("audit"):
-            from expertmesh.cli.expert_audit import format_audit
+            from cli.expert_audit import format_audit
 
             click.echo("leakage audit:\n" + format_audit(obj.manifest["audit"]))
         return

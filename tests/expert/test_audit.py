@@ -151,7 +151,7 @@ def test_cli_audit_records_prints_side_by_side_and_publish_requires_it(canary_ex
 
     from click.testing import CliRunner
 
-    from expertmesh.cli.main import cli
+    from cli.main import cli
 
     pkg = tmp_path / "mix"
     shutil.copytree(canary_expert, pkg)
@@ -172,7 +172,7 @@ def test_cli_audit_records_prints_side_by_side_and_publish_requires_it(canary_ex
 def test_audit_help_has_an_example():
     from click.testing import CliRunner
 
-    from expertmesh.cli.main import cli
+    from cli.main import cli
 
     for cmd in (["expert", "audit"], ["expert", "train"], ["publish"]):
         res = CliRunner().invoke(cli, cmd + ["--help"])
