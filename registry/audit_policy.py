@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from expertmesh.errors import AuditPolicyError, ConfigError
-from expertmesh.expert.audit import AUDIT_FORMAT
+from expertmesh.expert.manifest import AUDIT_FORMAT
 from expertmesh.validate import check_float
 
 # policy field -> the audit figure it bounds

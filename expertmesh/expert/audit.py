@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 
 from expertmesh.errors import DataError
+from expertmesh.expert.manifest import AUDIT_FORMAT
 from expertmesh.validate import check_choice, check_int
 
-AUDIT_FORMAT = "expertmesh-audit/1"
 log = logging.getLogger("expertmesh.audit")
 
 

@@ -22,6 +22,10 @@ from typing import Any
 from expertmesh.errors import PackageError
 from expertmesh.validate import check_float, check_int, check_known_fields, check_name, check_str_list
 
+# The format tag of the manifest's ``audit`` section (expertmesh/expert/audit.py writes it). Here, not in audit.py,
+# so the registry can check it without importing torch.
+AUDIT_FORMAT = "expertmesh-audit/1"
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"

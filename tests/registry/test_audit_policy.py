@@ -6,7 +6,7 @@ import json
 import pytest
 
 from expertmesh.errors import ConfigError
-from expertmesh.expert.audit import AUDIT_FORMAT
+from expertmesh.expert.manifest import AUDIT_FORMAT
 from expertmesh.expert.package import finalize_manifest, read_manifest
 from registry.audit_policy import AuditPolicy
 from registry.settings import RegistrySettings
