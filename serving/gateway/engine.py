@@ -5,7 +5,9 @@ create_app) serves it unchanged: the same /v1/completions and /v1/chat/completio
 request schema, experts include/exclude/tags, return_routing, --api-key, /healthz, /readyz, /metrics and the
 same error bodies. The registry Watcher drives it the same way (apply_withdrawn, set_fail_closed).
 
-One request, on the event loop (``submit`` starts a task; its handle's ``cancel`` stops it):
+One request, on the event loop (``submit`` starts a task; its handle's ``cancel`` stops it). Its ``start``
+event goes out with the first token, so that a refused adapter (409), no worker (503) or a worker that
+sends nothing in time (504) is the HTTP status of the answer, streaming or not:
   1. route: the retriever picks one expert at sequence level (serving/gateway/router.py), or the public base;
   2. lease a worker (serving/gateway/pool.py: affinity, bounded adapters, loading the package if needed);
      a worker that cannot be reached before any token is marked failed and the next one is tried;
@@ -181,11 +183,15 @@ class GatewayEngine:
         t_first = None
         finish = None
         avoid: set[str] = set()
+        attempts = 0
         choice = self._route(req)
         notes += choice.routing["notes"]
-        h.emit(Event("start", {"candidates": choice.routing["candidates"], "notes": list(notes),
-                               "prompt_tokens": len(req.prompt_ids)}))
+        started = False          # "start" goes out with the first token: a refusal before it is an HTTP status
         while finish is None:
+            attempts += 1
+            if attempts > 2 * len(self.pool.workers) + 4:     # every worker tried, reroutes included
+                raise WorkerError(f"gave up after {attempts - 1} attempts on {len(self.pool.workers)} worker(s)",
+                                  detail={"notes": notes})
             try:
                 lease = await self.pool.acquire(choice.adapter, choice.package, expert=choice.expert,
                                                 avoid=frozenset(avoid))
@@ -214,6 +220,8 @@ class GatewayEngine:
                             generated += ids
                             seg["tokens"] += len(ids)
                             if text:
+                                if not started:
+                                    started = self._start(h, choice, notes)
                                 t_first = t_first or time.monotonic()
                                 h.emit(Event("delta", {"text": text, "token": ids[-1] if ids else None}))
                         if c.get("finish_reason"):
@@ -223,15 +231,17 @@ class GatewayEngine:
             except StaleAdapterError as e:              # the worker restarted and lost the adapter: reload
                 self.pool.forget(lease.worker, choice.adapter)
                 notes.append(f"worker {lease.worker.url} had lost the adapter; loaded it again")
-                self._check_retry(seg, e)
+                if seg["tokens"]:
+                    raise WorkerError(f"{e.message} after {len(generated)} tokens", detail=e.detail) from None
+                segments.pop()
                 continue
             except WorkerError as e:
                 self.pool.mark_failed(lease.worker, str(e))
-                if seg["tokens"] or generated:
+                if seg["tokens"]:                     # mid-stream: this request fails cleanly
                     raise WorkerError(f"worker {lease.worker.url} failed after {len(generated)} tokens of this "
                                       f"request: {e.message}", detail={**e.detail, "tokens_sent": len(generated)})
                 avoid.add(lease.worker.url)          # failover: nothing was sent yet, try another worker
-                self._check_retry(seg, e)
+                self.counters["failovers"] += 1
                 segments.pop()
                 continue
             finally:
@@ -241,13 +251,15 @@ class GatewayEngine:
                 continue
             if finish is None:
                 finish = "length" if len(generated) >= p.max_tokens else "stop"
+        if not started:
+            self._start(h, choice, notes)
         self._done(h, generated, segments, choice, notes, finish, t_first)
 
-    def _check_retry(self, seg: dict, e: WorkerError) -> None:
-        seg.setdefault("retries", 0)
-        self.counters["worker_retries"] += 1
-        if self.counters["worker_retries"] > 10 ** 9:    # never; keeps the counter bounded in type only
-            raise e
+    @staticmethod
+    def _start(h: RequestHandle, choice: RouteChoice, notes: list[str]) -> bool:
+        h.emit(Event("start", {"candidates": choice.routing["candidates"], "notes": list(notes),
+                               "prompt_tokens": len(h.request.prompt_ids)}))
+        return True
 
     def _route(self, req: GenerationRequest) -> RouteChoice:
         return self.router.route(req.prompt, req.selection, set(self._withdrawn), fail_closed=self._fail_closed)

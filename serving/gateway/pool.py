@@ -126,6 +126,12 @@ class WorkerPool:
     def release(self, lease: Lease) -> None:
         self._unreserve(lease.worker, lease.adapter)
 
+    def forget(self, w: Worker, adapter: str | None) -> None:
+        """The worker no longer holds ``adapter`` (it answered 404 for it): the next lease loads it again."""
+        with self._lock:
+            if adapter is not None:
+                w.adapters.pop(adapter, None)
+
     def _unreserve(self, w: Worker, adapter: str | None) -> None:
         with self._lock:
             w.inflight -= 1
@@ -232,8 +238,6 @@ class WorkerPool:
     async def sync_all(self) -> None:
         """At start: every worker's adapters as its /v1/models lists them (unreachable ones start unhealthy)."""
         for w in self.workers:
-            with self._lock:
-                w.healthy = False
             if await w.client.health():
                 await self._rejoin(w)
             else:
