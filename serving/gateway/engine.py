@@ -223,7 +223,8 @@ class GatewayEngine:
                                 if not started:
                                     started = self._start(h, choice, notes)
                                 t_first = t_first or time.monotonic()
-                                h.emit(Event("delta", {"text": text, "token": ids[-1] if ids else None}))
+                                h.emit(Event("delta", {"text": text, "token": ids[-1] if ids else None,
+                                                       "tokens": ids}))
                         if c.get("finish_reason"):
                             finish = "length" if c["finish_reason"] == "length" else "stop"
                     if cut:
