@@ -276,3 +276,50 @@ def test_unconfirmed_unload_takes_the_worker_out_of_rotation_until_it_restarts(f
         holder.restart()                                  # ... and comes back without any adapter
         c.portal.call(engine.pool.check_health)
         assert {w["url"]: w for w in engine.pool.describe()}[holder_url]["in_rotation"]
+
+
+def test_build_gateway_local_directory_and_bad_settings(tmp_path, serving_experts, tiny_base_dir, fake_workers,
+                                                        content_embed):
+    import shutil
+
+    from expertmesh.compose import build_composition
+    from expertmesh.errors import BaseMismatchError, ConfigError
+    from expertmesh.serving.settings import ServeSettings
+    from expertmesh.testing import make_tiny_base
+    from serving.gateway.launch import GatewaySettings, build_gateway
+
+    for name, d in serving_experts.items():
+        shutil.copytree(d, tmp_path / "experts" / name)
+    build_composition("local-mesh", tmp_path / "experts", "retrieve", out=tmp_path / "composition")
+    [(fake, url)] = fake_workers(1)
+    settings = ServeSettings(composition=str(tmp_path / "composition"), base=str(tiny_base_dir), max_context=512)
+    engine, watcher = build_gateway(settings, GatewaySettings(workers=[url]), embed=content_embed)
+    assert watcher is None and engine.comp.name == "local-mesh" and engine.comp.members == sorted(serving_experts)
+    with pytest.raises(ConfigError, match="at least one --worker"):
+        GatewaySettings(workers=[])
+    with pytest.raises(ConfigError, match="max_adapters"):
+        GatewaySettings(workers=[url], max_adapters=0)
+    with pytest.raises(ConfigError, match="http"):
+        GatewaySettings(workers=["127.0.0.1:8200"])
+    other = make_tiny_base(tmp_path / "other-base", seed=5)
+    from expertmesh.base import load_base
+    load_base(str(other))                                # records its fingerprint
+    with pytest.raises(BaseMismatchError):
+        build_gateway(settings.with_(base=str(other)), GatewaySettings(workers=[url]), embed=content_embed)
+
+
+def test_serve_cli_vllm_backend_help_and_errors(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    r = CliRunner().invoke(cli, ["serve", "--help"])
+    assert r.exit_code == 0 and "--backend [native|vllm]" in r.output and "--worker" in r.output
+    assert "expertmesh serve --backend vllm --worker" in r.output
+    monkeypatch.setenv("EXPERTMESH_CONFIG", str(tmp_path / "none.json"))
+    monkeypatch.delenv("EXPERTMESH_REGISTRY_URL", raising=False)
+    r = CliRunner().invoke(cli, ["serve", "--composition", str(tmp_path), "--worker", "http://127.0.0.1:1"])
+    assert r.exit_code == 1 and r.output.strip() == \
+        "error: --worker needs --backend vllm (the native backend runs the model itself)"
+    r = CliRunner().invoke(cli, ["serve", "--composition", str(tmp_path), "--backend", "vllm"])
+    assert r.exit_code == 1 and r.output.strip().startswith("error: ")
