@@ -152,17 +152,17 @@ class GatewayEngine:
             from expertmesh.serving.errors import OverloadedError
             raise OverloadedError(f"{len(self._tasks)} requests are in flight; retry shortly",
                                   detail={"retry_after_s": 1})
-        self.router.route(request.prompt, request.selection, set(self._withdrawn))   # unknown names: 400 now
+        choice = self._route(request)             # unknown names: 400 now; the prompt is embedded once
         handle = RequestHandle(request, sink)
-        task = asyncio.get_running_loop().create_task(self._serve(handle))
+        task = asyncio.get_running_loop().create_task(self._serve(handle, choice))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         handle.cancel = task.cancel               # the client went away: stop relaying, close the stream
         return handle
 
-    async def _serve(self, h: RequestHandle) -> None:
+    async def _serve(self, h: RequestHandle, choice: RouteChoice) -> None:
         try:
-            await self._relay(h)
+            await self._relay(h, choice)
         except asyncio.CancelledError:
             self.counters["cancelled"] += 1
             raise
@@ -175,7 +175,7 @@ class GatewayEngine:
             err.code = "internal_error"
             h.emit(Event("error", error=err))
 
-    async def _relay(self, h: RequestHandle) -> None:
+    async def _relay(self, h: RequestHandle, choice: RouteChoice) -> None:
         req, p = h.request, h.request.params
         generated: list[int] = []
         segments: list[dict] = []
@@ -184,7 +184,8 @@ class GatewayEngine:
         finish = None
         avoid: set[str] = set()
         attempts = 0
-        choice = self._route(req)
+        if self._lost(choice):                    # withdrawn between submit and now
+            choice = self._route(req)
         notes += choice.routing["notes"]
         started = False          # "start" goes out with the first token: a refusal before it is an HTTP status
         while finish is None:
@@ -334,6 +335,8 @@ class GatewayEngine:
                 "withdrawn": sorted(self._withdrawn), "fail_closed": self._fail_closed,
                 "composition": self.comp.describe(), "workers": workers,
                 "resident": {"resident": len(held), "capacity": self.pool.max_adapters * len(workers),
-                             "members": len(self.comp.members), "loads": self.counters["adapter_loads"],
-                             "evictions": self.counters["adapter_evictions"]},
-                "counters": dict(self.counters), "withdrawals": list(self.withdrawal_log)}
+                             "members": len(self.comp.members), "loads": self.pool.counters["adapter_loads"],
+                             "evictions": self.pool.counters["adapter_evictions"]},
+                "counters": {**self.counters, "workers_in_rotation": sum(w["in_rotation"] for w in workers),
+                             "quarantined": self.pool.counters["quarantined"]},
+                "withdrawals": list(self.withdrawal_log)}

@@ -81,6 +81,7 @@ class WorkerPool:
         self.max_adapters, self.base_model = max_adapters, base_model
         self.blocked: set[str] = set()       # withdrawn adapters: never loaded, never leased
         self.unload_reports: list[dict] = []
+        self.counters: Counter = Counter()   # adapter_loads, adapter_evictions, quarantined
         self._lock = threading.Lock()
         self._loads: dict[tuple[str, str], asyncio.Future] = {}
 
@@ -99,15 +100,19 @@ class WorkerPool:
                                            detail={"expert": expert})
             w, victim = self._place(adapter, avoid)
             pending = self._loads.get((w.url, adapter))
+            mine = None
+            if pending is None and adapter not in w.adapters:     # this request loads it; others wait on it
+                mine = self._loads[(w.url, adapter)] = asyncio.get_running_loop().create_future()
             w.in_use[adapter] += 1           # reserved now, so no eviction can pick it while we load
             w.inflight += 1
         try:
             if victim is not None:
+                self.counters["adapter_evictions"] += 1
                 await w.client.unload_adapter(victim)
-            if pending is not None:
+            if mine is not None:
+                await self._load(w, adapter, package, expert, mine)
+            elif pending is not None:
                 await asyncio.shield(pending)
-            elif adapter not in w.adapters:
-                await self._load(w, adapter, package, expert)
         except BaseException:
             self._unreserve(w, adapter)
             raise
@@ -140,13 +145,13 @@ class WorkerPool:
                 if w.in_use[adapter] <= 0:
                     del w.in_use[adapter]
 
-    async def _load(self, w: Worker, adapter: str, package: Path | None, expert: str | None) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._loads[(w.url, adapter)] = fut
+    async def _load(self, w: Worker, adapter: str, package: Path | None, expert: str | None,
+                    fut: asyncio.Future) -> None:
         try:
             await w.client.load_adapter(adapter, package, expert=expert or adapter)
             with self._lock:
                 w.adapters[adapter] = None
+            self.counters["adapter_loads"] += 1
             fut.set_result(None)
         except BaseException as e:
             fut.set_exception(e)
@@ -232,8 +237,14 @@ class WorkerPool:
                 return
             if w.quarantine is not None:
                 log.info("worker %s restarted and holds no withdrawn adapter: back in rotation", w.url)
+            was_in_rotation = w.in_rotation
             w.quarantine, w.seen_down, w.healthy, w.last_error = None, False, True, None
-            w.adapters = OrderedDict((a, None) for a in sorted(held - self.blocked))
+            if was_in_rotation:       # the start-up sync: add what it already held, keep loads made meanwhile
+                for a in sorted(held - self.blocked - set(w.adapters)):
+                    w.adapters[a] = None
+                    w.adapters.move_to_end(a, last=False)
+            else:                     # back from down (a restart empties a worker): what it lists now
+                w.adapters = OrderedDict((a, None) for a in sorted(held - self.blocked))
 
     async def sync_all(self) -> None:
         """At start: every worker's adapters as its /v1/models lists them (unreachable ones start unhealthy)."""
@@ -270,6 +281,7 @@ class WorkerPool:
                         log.error("worker %s cannot confirm the unload of withdrawn %s (%s): quarantined "
                                   "until it restarts", w.url, a, why)
                         w.quarantine, w.seen_down = f"unconfirmed unload of {a}: {why}", False
+                        self.counters["quarantined"] += 1
         self.unload_reports.append(report)
         del self.unload_reports[:-20]
         return report
