@@ -189,6 +189,9 @@ class GatewayEngine:
         notes += choice.routing["notes"]
         started = False          # "start" goes out with the first token: a refusal before it is an HTTP status
         while finish is None:
+            if len(generated) >= p.max_tokens:     # cut right after the last token: nothing left to continue
+                finish = "length"
+                break
             attempts += 1
             if attempts > 2 * len(self.pool.workers) + 4:     # every worker tried, reroutes included
                 raise WorkerError(f"gave up after {attempts - 1} attempts on {len(self.pool.workers)} worker(s)",
