@@ -323,3 +323,43 @@ def test_serve_cli_vllm_backend_help_and_errors(tmp_path, monkeypatch):
         "error: --worker needs --backend vllm (the native backend runs the model itself)"
     r = CliRunner().invoke(cli, ["serve", "--composition", str(tmp_path), "--backend", "vllm"])
     assert r.exit_code == 1 and r.output.strip().startswith("error: ")
+
+
+from tests.serving.test_withdrawal import registry  # noqa: E402,F401  (the live registry fixture)
+
+
+def test_registry_mode_loads_the_registry_artifact_and_withdraws_on_the_change_feed(
+        registry, serving_experts, tiny_base_dir, tmp_path, fake_workers, content_embed):
+    import time
+
+    from clients.registry_client import RegistryClient
+    from expertmesh.compose import build_composition
+    from expertmesh.serving.settings import ServeSettings
+    from serving.app import create_app
+    from serving.gateway.launch import GatewaySettings, build_gateway
+
+    url, owner, reader = registry
+    versions = {n: owner.publish(d).version for n, d in serving_experts.items()}
+    build_composition("clinic", serving_experts, "retrieve", out=tmp_path / "c1", versions=versions)
+    owner.publish_composition(tmp_path / "c1")
+    [(fake, wurl)] = fake_workers(1)
+    settings = ServeSettings(composition="clinic", registry_url=url, registry_token=reader, poll_interval_s=0.2,
+                             base=str(tiny_base_dir), max_context=512)
+    engine, watcher = build_gateway(settings, GatewaySettings(workers=[wurl]), cache_dir=tmp_path / "cache",
+                                    client=RegistryClient(url, reader), embed=content_embed)
+    law = engine.router.adapters["law"]
+    assert law == f"law@{versions['law']}"
+    with TestClient(create_app(settings, engine, watcher=watcher)) as c:
+        r = c.post("/v1/completions", json={"model": "clinic", "prompt": "about law", "max_tokens": 2})
+        assert r.status_code == 200 and fake.requests[-1]["model"] == law
+        # the package the worker was given is the registry's download, verified into the gateway's cache
+        assert fake.adapters[law] == str(tmp_path / "cache" / "experts" / law)
+        owner.withdraw("law", reason="consent revoked")
+        deadline = time.monotonic() + 10
+        while not (engine.withdrawal_log and engine.withdrawal_log[-1]["new"] == ["law"]):
+            assert time.monotonic() < deadline, "the watcher did not apply the withdrawal"
+            time.sleep(0.02)
+        assert law not in fake.adapters and engine.withdrawal_log[-1]["unload_confirmed"] is True
+        r = c.post("/v1/completions", json={"model": "clinic", "prompt": "about law", "max_tokens": 2,
+                                            "return_routing": True})
+        assert r.status_code == 200 and fake.requests[-1]["model"] != law
