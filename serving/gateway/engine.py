@@ -152,16 +152,19 @@ class GatewayEngine:
             from expertmesh.serving.errors import OverloadedError
             raise OverloadedError(f"{len(self._tasks)} requests are in flight; retry shortly",
                                   detail={"retry_after_s": 1})
-        choice = self._route(request)             # unknown names: 400 now; the prompt is embedded once
+        self.router.check(request.selection)     # unknown names: 400 now, before anything streams
         handle = RequestHandle(request, sink)
-        task = asyncio.get_running_loop().create_task(self._serve(handle, choice))
+        task = asyncio.get_running_loop().create_task(self._serve(handle))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         handle.cancel = task.cancel               # the client went away: stop relaying, close the stream
         return handle
 
-    async def _serve(self, h: RequestHandle, choice: RouteChoice) -> None:
+    async def _serve(self, h: RequestHandle) -> None:
         try:
+            # the retriever embeds the prompt (MiniLM, ~10-50 ms on a CPU): off the event loop, so 16 requests
+            # arriving together do not queue behind each other's embeddings
+            choice = await asyncio.to_thread(self._route, h.request)
             await self._relay(h, choice)
         except asyncio.CancelledError:
             self.counters["cancelled"] += 1
@@ -184,8 +187,6 @@ class GatewayEngine:
         finish = None
         avoid: set[str] = set()
         attempts = 0
-        if self._lost(choice):                    # withdrawn between submit and now
-            choice = self._route(req)
         notes += choice.routing["notes"]
         started = False          # "start" goes out with the first token: a refusal before it is an HTTP status
         while finish is None:

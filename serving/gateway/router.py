@@ -76,6 +76,13 @@ class GatewayRouter:
     def expert_of(self, adapter: str) -> str | None:
         return next((n for n, a in self.adapters.items() if a == adapter), None)
 
+    def check(self, selection) -> None:
+        """Unknown names in the request's selection raise UnknownExpertError (cheap: no embedding)."""
+        from expertmesh.compose.plan import policy_mask
+
+        policy_mask(self.spec, include=selection.include, exclude=selection.exclude or None, tags=selection.tags,
+                    exclude_tags=selection.exclude_tags or None)
+
     def route(self, text: str, selection, withdrawn: set[str], *, fail_closed: bool = False) -> RouteChoice:
         """One request's choice. ``selection`` is the request's expertmesh.serving.composition.Selection;
         unknown names raise UnknownExpertError (400) exactly as on the native backend."""
