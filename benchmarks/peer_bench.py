@@ -65,8 +65,12 @@ def stand_in_experts(work: Path, trained: str, missing: list[str], seed: int = 0
 
     src = work / "experts" / trained
     out = {}
+    made = _stand_ins(work)
     for k, name in enumerate(missing):
         dest = work / "experts" / name
+        if name in made and (dest / "manifest.json").is_file():     # made by an earlier run: reuse
+            out[name] = made[name]
+            continue
         tmp = dest.with_name(f".{name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
