@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from expertmesh.errors import ConfigError
+
 
 @click.command("serve")
 @click.option("--composition", required=True,
@@ -33,11 +35,22 @@ import click
 @click.option("--api-key", default=None, envvar="EXPERTMESH_SERVE_API_KEY",
               help="Require 'Authorization: Bearer KEY' on /v1/ (the openai client's api_key); "
                    "/healthz, /readyz and /metrics stay open. Default: EXPERTMESH_SERVE_API_KEY, else no key.")
+@click.option("--backend", default="native", show_default=True, type=click.Choice(["native", "vllm"]),
+              help="native: this process runs the composed model (token-level gate, MoT). vllm: a routing "
+                   "gateway in front of --worker vLLM servers (one expert per request, chosen by the retriever).")
+@click.option("--worker", "workers", multiple=True,
+              help="vllm backend: a vLLM OpenAI server URL, started with --enable-lora (repeatable).")
+@click.option("--max-adapters", default=4, show_default=True, type=int,
+              help="vllm backend: expert adapters held per worker (match its --max-loras).")
+@click.option("--worker-timeout", "worker_timeout_s", default=60.0, show_default=True, type=float,
+              help="vllm backend: seconds to wait for a worker's next chunk before answering 504.")
+@click.option("--worker-model", default="base", show_default=True,
+              help="vllm backend: the workers' --served-model-name of the base.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(composition, experts_dir, registry_url, registry_token, base, dtype, host, port, model_name, max_batch,
           max_resident_experts, max_context, max_tokens_limit, poll_interval_s, top_k, threads, cache_dir,
-          api_key, log_level) -> None:
+          api_key, backend, workers, max_adapters, worker_timeout_s, worker_model, log_level) -> None:
     """Serve a composition: /v1/models, /v1/completions, /v1/chat/completions (streaming), /metrics.
 
     Requests may add "experts": {"include", "exclude", "tags", "exclude_tags"} and "return_routing": true.
@@ -47,6 +60,9 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
 
     Tiny CPU variant: expertmesh serve --composition runs/tiny/composition --experts runs/tiny/experts
     --base runs/tiny/base   (then: curl 127.0.0.1:8000/v1/models)
+
+    In front of vLLM workers (same API; withdrawal unloads and verifies on every worker):
+    expertmesh serve --backend vllm --worker http://127.0.0.1:8200 --composition clinic --registry URL
     """
     import logging
 
@@ -63,8 +79,17 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
         max_resident_experts=max_resident_experts, max_context=max_context, max_tokens_limit=max_tokens_limit,
         default_max_tokens=min(128, max_tokens_limit), poll_interval_s=poll_interval_s, top_k=top_k,
         threads=threads, api_key=api_key)
+    if workers and backend != "vllm":
+        raise ConfigError("--worker needs --backend vllm (the native backend runs the model itself)")
     client = _registry_client(settings) if needs_registry(settings) else None
-    engine, watcher = build_server(settings, experts_dir=experts_dir, cache_dir=cache_dir, client=client)
+    if backend == "vllm":
+        from serving.gateway.launch import GatewaySettings, build_gateway
+
+        opts = GatewaySettings(workers=list(workers), max_adapters=max_adapters, worker_timeout_s=worker_timeout_s,
+                               worker_model=worker_model)
+        engine, watcher = build_gateway(settings, opts, experts_dir=experts_dir, cache_dir=cache_dir, client=client)
+    else:
+        engine, watcher = build_server(settings, experts_dir=experts_dir, cache_dir=cache_dir, client=client)
     comp = engine.comp
     click.echo(f"serving {comp.name} (version {comp.version}, members {comp.members}) on http://{host}:{port}/v1",
                err=True)
