@@ -133,7 +133,7 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
         metrics=metrics,
     )
     with atomic_directory(out, overwrite=cfg.overwrite) as tmp:
-        save_peft_adapter(tmp, trained, cfg.lora, base_name=str(cfg.base or "smollm2-135m-instruct"))
+        save_peft_adapter(tmp, trained, cfg.lora, base_name=str(base.path))  # a dir AutoPeft resolves
         save_signature(tmp, row.detach()[:, 0, :], anchor, pilots)
         finalize_manifest(tmp, manifest)
     shutil.rmtree(_checkpoint_dir(cfg), ignore_errors=True)
