@@ -86,6 +86,45 @@ def eval_cmd(expert_dir, data, base, seq_len, max_blocks, as_json) -> None:
         click.echo(f"  expert loss {res['expert_loss']:.4f}  ppl {res['expert_ppl']:.2f}")
 
 
+@expert.command("import")
+@click.argument("adapter_dir", type=click.Path())
+@click.option("--data", required=True, type=click.Path(),
+              help="Your corpus (dir, .jsonl or .txt): used here only for the signature and held-out metrics.")
+@click.option("--name", required=True, help="Expert name (lowercase, e.g. 'law').")
+@click.option("--owner", required=True, help="Your owner name in the registry.")
+@click.option("--out", required=True, type=click.Path(), help="Output package directory (written atomically).")
+@click.option("--heldout", type=click.Path(), default=None, help="Held-out .jsonl/.txt (default: <data>/heldout.jsonl).")
+@click.option("--base", default=None, help="Base model dir or 'smollm2-135m-instruct' (default).")
+@click.option("--trained-on", type=click.Path(), default=None,
+              help="The base directory the adapter was trained on, when its adapter_config names a hub id "
+                   "(its fingerprint must equal --base's).")
+@click.option("--tag", "tags", multiple=True, help="Domain tag (repeatable; default: the expert name).")
+@click.option("--licence", default="unspecified", show_default=True, help="Licence of the expert (SPDX id).")
+@click.option("--seq-len", default=256, show_default=True, type=int)
+@click.option("--pilots", "num_pilots", default=8, show_default=True, type=int, help="RouterRetriever pilot embeddings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+def import_cmd(adapter_dir, data, name, owner, out, heldout, base, trained_on, tags, licence, seq_len, num_pilots,
+               overwrite) -> None:
+    """Turn a plain-PEFT LoRA adapter (LoraConfig + save_pretrained, same base) into an expert package.
+
+    The weights are kept as they are; the router signature is computed from --data on this machine. Refused:
+    another base (checked by fingerprint), DoRA, modules_to_save, LoRA biases, non-decoder target modules.
+
+    Example: expertmesh expert import peft-out/law --data data/corpora/law --name law --owner acme --out experts/law
+    """
+    from expertmesh.expert.import_peft import ImportConfig, import_peft_adapter
+
+    cfg = ImportConfig(adapter=adapter_dir, name=name, owner=owner, data=data, out=out, heldout=heldout, base=base,
+                       trained_on=trained_on, domain_tags=list(tags), licence=licence, seq_len=seq_len,
+                       num_pilots=num_pilots, overwrite=overwrite)
+    manifest = import_peft_adapter(cfg)
+    m = manifest.metrics
+    click.echo(f"wrote {out} (rank {manifest.lora.r}, {', '.join(manifest.lora.target_modules)})")
+    if m:
+        click.echo(f"held-out loss: base {m['base_loss']:.4f} -> expert {m['expert_loss']:.4f} gated "
+                   f"({m['ungated_loss']:.4f} ungated, as plain PEFT runs it)")
+
+
 @expert.command("inspect")
 @click.argument("package", type=click.Path())
 def inspect_cmd(package) -> None:
