@@ -1,6 +1,7 @@
 """``expertmesh expert``: what a data owner runs on its own machine (train, eval, inspect)."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -38,9 +39,15 @@ def expert() -> None:
 @click.option("--checkpoint-every", default=25, show_default=True, type=int)
 @click.option("--no-resume", is_flag=True, help="Ignore an earlier interrupted run's checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads (default: torch's). On a shared, busy CPU, 1 is often fastest.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="With --quiet and no terminal: where the progress line goes (default: OUT.train.log).")
+@click.option("--quiet", is_flag=True,
+              help="No progress bar or library warnings; one progress line on a terminal, else in --log-file.")
 def train(data, heldout, name, owner, out, base, tags, licence, rank, alpha, targets, steps, batch_size, seq_len,
-          lr, router_lr, precision, seed, num_pilots, checkpoint_every, no_resume, overwrite, quiet) -> None:
+          lr, router_lr, precision, seed, num_pilots, checkpoint_every, no_resume, overwrite, threads, log_file,
+          quiet) -> None:
     """Train a LoRA expert + router signature against the frozen public base.
 
     Example: expertmesh expert train --data data/corpora/medicine --name medicine --owner clinic --out experts/medicine --steps 40
@@ -55,12 +62,37 @@ def train(data, heldout, name, owner, out, base, tags, licence, rank, alpha, tar
                       licence=licence, lora=lora, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
                       router_lr=router_lr, precision=precision, seed=seed, num_pilots=num_pilots,
                       checkpoint_every=checkpoint_every, resume=not no_resume, overwrite=overwrite)
-    result = train_expert(cfg, progress=not quiet)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    with _progress(cfg, quiet, log_file) as on_step:
+        result = train_expert(cfg, progress=not quiet, on_step=on_step)
     m = result.manifest.metrics
     click.echo(f"wrote {result.out}")
     if m:
         click.echo(f"held-out loss: base {m['base_loss']:.4f} -> expert {m['expert_loss']:.4f} "
                    f"(ppl {m['base_ppl']:.2f} -> {m['expert_ppl']:.2f})")
+
+
+@contextlib.contextmanager
+def _progress(cfg, quiet: bool, log_file: str | None):
+    """The ``on_step`` hook: None with the progress bar; with --quiet a ProgressLine on the terminal or a file."""
+    import sys
+
+    from expertmesh.expert.progress import ProgressLine
+
+    if not quiet:
+        yield None
+        return
+    tokens = cfg.batch_size * cfg.seq_len
+    if sys.stderr.isatty():
+        yield ProgressLine(cfg.name, cfg.steps, tokens, sys.stderr, tty=True)
+        return
+    path = Path(log_file or f"{cfg.out}.train.log")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        yield ProgressLine(cfg.name, cfg.steps, tokens, f, tty=False)
 
 
 @expert.command("eval")
