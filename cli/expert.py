@@ -62,6 +62,10 @@ def train(data, heldout, name, owner, out, base, tags, licence, rank, alpha, tar
                       licence=licence, lora=lora, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
                       router_lr=router_lr, precision=precision, seed=seed, num_pilots=num_pilots,
                       checkpoint_every=checkpoint_every, resume=not no_resume, overwrite=overwrite)
+    if quiet:
+        from cli.main import quiet_libraries
+
+        quiet_libraries()
     if threads:
         import torch
 
