@@ -85,12 +85,13 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"output {out} already exists; choose another --out or pass --overwrite")
+    train_texts = load_texts(cfg.data)          # a missing or empty file fails here, before the base loads
+    heldout_texts = load_texts(cfg.heldout) if cfg.heldout else None
     base = base or load_base(cfg.base)
     model, tok = base.model, base.tokenizer
     paths = resolve_targets(model, cfg.lora.target_modules)
-    train_texts = load_texts(cfg.data)
     blocks = pack_blocks(tok, train_texts, cfg.seq_len, what=f"training data {cfg.data}")
-    heldout = (pack_blocks(tok, load_texts(cfg.heldout), cfg.seq_len, max_blocks=cfg.eval_blocks,
+    heldout = (pack_blocks(tok, heldout_texts, cfg.seq_len, max_blocks=cfg.eval_blocks,
                            what=f"held-out data {cfg.heldout}") if cfg.heldout else None)
 
     torch.manual_seed(cfg.seed)

@@ -66,3 +66,19 @@ def test_not_a_composition_and_mixed_bases(tmp_path, tiny_experts):
     assert res.exit_code == 1 and "not a composition" in res.output
     res = CliRunner().invoke(cli, ["compose", "build", "x", "--local", str(tmp_path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "no expert packages" in res.output
+
+
+def test_route_a_file_of_prompts_with_a_top_k_override(local_comp, tiny_base_dir, tmp_path):
+    out, experts_dir = local_comp
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the licensee shall not sublicense the software\n\nthe patient was given aspirin\n",
+                       encoding="utf-8")
+    common = ["--experts", str(experts_dir), "--base", str(tiny_base_dir)]
+    res = CliRunner().invoke(cli, ["route", str(out), "--file", str(prompts), "--json", "--top-k", "1", *common])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["candidates"] for r in rows] == [["law"], ["medicine"]]
+    one = CliRunner().invoke(cli, ["route", str(out), "the licensee shall not", "--top-k", "1", *common])
+    assert "top-k 1)" in one.output
+    none = CliRunner().invoke(cli, ["route", str(out), *common])
+    assert none.exit_code == 1 and "give a PROMPT or --file" in none.output

@@ -34,3 +34,16 @@ def test_quiet_train_writes_its_progress_to_the_log_file(tmp_path, tiny_base_dir
     assert r.exit_code == 0, r.output
     assert "step 2/2" in (tmp_path / "law.train.log").read_text()
     assert "step" not in r.output
+
+
+def test_an_empty_data_file_fails_before_the_base_loads(tmp_path, monkeypatch):
+    import expertmesh.expert.train as train_mod
+
+    def no_base(*_a, **_k):
+        raise AssertionError("the base was loaded before the data was checked")
+
+    monkeypatch.setattr(train_mod, "load_base", no_base)
+    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
+    r = CliRunner().invoke(cli, ["expert", "train", "--data", str(tmp_path / "empty.jsonl"), "--name", "law",
+                                 "--owner", "acme", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1 and r.output.startswith("error: ") and "empty" in r.output
