@@ -59,11 +59,14 @@ class MeshGroup(click.Group):
 
 @click.group(cls=MeshGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="expertmesh")
-def cli() -> None:
+@click.option("--profile", default=None, help="Registry login profile to use (saved by `login --profile NAME`).")
+def cli(profile) -> None:
     """Federated modular experts: train and publish LoRA experts, compose them, serve them.
 
     Example: expertmesh demo --tiny
     """
+    if profile:
+        os.environ["EXPERTMESH_PROFILE"] = profile
 
 
 def _register_all() -> None:
