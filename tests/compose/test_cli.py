@@ -82,3 +82,10 @@ def test_route_a_file_of_prompts_with_a_top_k_override(local_comp, tiny_base_dir
     assert "top-k 1)" in one.output
     none = CliRunner().invoke(cli, ["route", str(out), *common])
     assert none.exit_code == 1 and "give a PROMPT or --file" in none.output
+
+
+def test_federate_eval_refuses_a_retrieve_composition(local_comp, tiny_corpora):
+    out, experts_dir = local_comp             # a retrieve composition (selection per request)
+    res = CliRunner().invoke(cli, ["federate", "eval", "--composition", str(out), "--experts", str(experts_dir),
+                                   "--data", str(tiny_corpora["law"])])
+    assert res.exit_code == 1 and "compose eval" in res.output and res.output.startswith("error: ")
