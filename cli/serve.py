@@ -70,6 +70,9 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
     comp = engine.comp
     click.echo(f"serving {comp.name} (version {comp.version}, members {comp.members}) on http://{host}:{port}/v1",
                err=True)
+    if watcher is None:
+        click.echo("note: no registry given, so owner withdrawals are not tracked; /v1/models lists members as "
+                   "'unchecked' (pass --registry URL to apply them live)", err=True)
     uvicorn.run(create_app(settings, engine, watcher=watcher), host=host, port=port, log_level=log_level)
 
 

@@ -197,13 +197,13 @@ def _add_routes(app: FastAPI) -> None:
         return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
-    def list_models(engine: EngineDep, settings: SettingsDep) -> dict:
-        return {"object": "list", "data": [_model_card(settings, engine)]}
+    def list_models(request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
+        return {"object": "list", "data": [_model_card(settings, engine, request.app.state.watcher)]}
 
     @app.get("/v1/models/{mid:path}")
-    def get_model(mid: str, engine: EngineDep, settings: SettingsDep) -> dict:
+    def get_model(mid: str, request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
         _check_model(settings, engine, mid)
-        return _model_card(settings, engine)
+        return _model_card(settings, engine, request.app.state.watcher)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, engine: EngineDep, settings: SettingsDep, m: MetricsDep):
@@ -225,13 +225,21 @@ def _add_routes(app: FastAPI) -> None:
         return await serve_requests(engine, settings, m, reqs, body, fmt)
 
 
-def _model_card(settings: ServeSettings, engine: Engine) -> dict:
+def _model_card(settings: ServeSettings, engine: Engine, watcher=None) -> dict:
+    """Without a registry (no watcher) nobody tells this server about withdrawals: a member's status is
+    "unchecked", never a claimed "active"."""
     comp = engine.comp
     withdrawn = engine.withdrawn
+
+    def status(name: str) -> str:
+        if name in withdrawn:
+            return "withdrawn"
+        return "active" if watcher is not None else "unchecked"
+
     return {"id": model_id(settings, engine), "object": "model", "created": 0, "owned_by": "expertmesh",
             "composition": {"name": comp.name, "version": comp.version, "top_k": comp.top_k,
-                            "experts": [{"name": n, "tags": comp.tags.get(n, []),
-                                         "status": "withdrawn" if n in withdrawn else "active"}
+                            "withdrawals_tracked": watcher is not None,
+                            "experts": [{"name": n, "tags": comp.tags.get(n, []), "status": status(n)}
                                         for n in comp.members]}}
 
 
