@@ -165,22 +165,39 @@ def inspect_cmd(directory) -> None:
 
 @compose.command("eval")
 @click.argument("composition")
-@click.option("--data", required=True, type=click.Path(), help="Corpus dir (uses heldout.jsonl), .jsonl or .txt.")
+@click.option("--data", "datas", required=True, multiple=True, type=click.Path(),
+              help="Corpus dir (uses heldout.jsonl), .jsonl or .txt; repeatable with --compare.")
+@click.option("--compare", is_flag=True,
+              help="Per corpus: base, each expert alone, oracle (best single expert), the composition as it "
+                   "routes, and sequence routing accuracy (corpus dir name = the expected expert's name or tag).")
 @click.option("--seq-len", default=256, show_default=True, type=int)
 @click.option("--max-blocks", default=16, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True)
 @_request_options
-def eval_cmd(composition, data, seq_len, max_blocks, as_json, include, exclude, tags, exclude_tags, licences,
-             selection, experts_dir, base, top_k) -> None:
+def eval_cmd(composition, datas, compare, seq_len, max_blocks, as_json, include, exclude, tags, exclude_tags,
+             licences, selection, experts_dir, base, top_k) -> None:
     """Held-out loss and perplexity of the public base vs the composition (with any request policy).
 
     Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --exclude law
+    Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --data data/corpora/medicine --compare
     """
     import math
 
-    from expertmesh.compose.evaluate import evaluate_composition
+    from expertmesh.compose.evaluate import compare_on_corpora, evaluate_composition
+    from expertmesh.errors import ConfigError
 
+    if len(datas) > 1 and not compare:
+        raise ConfigError("several --data corpora need --compare (one table over all of them)")
+    for d in datas:
+        if not Path(d).exists():
+            raise ConfigError(f"--data {d} does not exist")
     rt = _open_runtime(composition, experts_dir, base, top_k)
+    if compare:
+        table = compare_on_corpora(rt, {Path(d).name.removesuffix(".jsonl"): d for d in datas}, seq_len=seq_len,
+                                   max_blocks=max_blocks)
+        click.echo(json.dumps(table, indent=2) if as_json else _compare_table(table))
+        return
+    data = datas[0]
     res = evaluate_composition(rt, data, seq_len=seq_len, max_blocks=max_blocks,
                                **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
     if as_json:
@@ -277,6 +294,20 @@ def route_cmd(composition, prompt, prompt_file, batch_size, as_json, include, ex
         click.echo(f"{i:>5}  " + "  ".join(f"{row[n]:>10.3f}" for n in entries))
     for note in r["notes"] + rt.notes:
         click.echo(f"note: {note}")
+
+
+def _compare_table(table: dict) -> str:
+    members = list(table["corpora"][0]["experts"]) if table["corpora"] else []
+    head = ["corpus", "blocks", "base"] + [f"{m} alone" for m in members] + ["oracle", "composition", "routing acc"]
+    rows = [head]
+    for r in table["corpora"]:
+        acc = "n/a" if r["routing_accuracy"] is None else f"{r['routing_accuracy']:.2f}"
+        rows.append([r["domain"], str(r["blocks"]), f"{r['base']:.4f}"] + [f"{r['experts'][m]:.4f}" for m in members]
+                    + [f"{r['oracle']['loss']:.4f} ({r['oracle']['expert']})", f"{r['composition']:.4f}", acc])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [f"{table['composition']} ({table['router_type']}, selection {table['selection']}): held-out loss"]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    return "\n".join(lines)
 
 
 def _prompt_lines(path: str) -> list[str]:

@@ -89,3 +89,22 @@ def test_federate_eval_refuses_a_retrieve_composition(local_comp, tiny_corpora):
     res = CliRunner().invoke(cli, ["federate", "eval", "--composition", str(out), "--experts", str(experts_dir),
                                    "--data", str(tiny_corpora["law"])])
     assert res.exit_code == 1 and "compose eval" in res.output and res.output.startswith("error: ")
+
+
+def test_eval_compare_table_over_own_corpora(local_comp, tiny_base_dir, tiny_corpora):
+    out, experts_dir = local_comp
+    common = ["--experts", str(experts_dir), "--base", str(tiny_base_dir), "--seq-len", "16", "--max-blocks", "2"]
+    res = CliRunner().invoke(cli, ["compose", "eval", str(out), "--data", str(tiny_corpora["law"]), "--data",
+                                   str(tiny_corpora["medicine"]), "--compare", "--json", *common])
+    assert res.exit_code == 0, res.output
+    table = json.loads(res.stdout)
+    rows = {r["domain"]: r for r in table["corpora"]}
+    for d in ("law", "medicine"):
+        r = rows[d]
+        assert set(r["experts"]) == {"law", "medicine", "code"}
+        assert r["oracle"]["loss"] == min(r["experts"].values())
+        assert 0.0 <= r["routing_accuracy"] <= 1.0
+    assert rows["law"]["routing_accuracy"] == 1.0           # the retriever sends law text to the law expert
+    text = CliRunner().invoke(cli, ["compose", "eval", str(out), "--data", str(tiny_corpora["law"]), "--compare",
+                                    *common])
+    assert "routing acc" in text.output and "oracle" in text.output
