@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from expertmesh.errors import ExpertMeshError, InvalidInputError
+from expertmesh.errors import ExpertMeshError, InternalError, InvalidInputError
 from expertmesh.serving.composition import RowPlan, ServedComposition
 from expertmesh.serving.errors import ContextLengthError, NotReadyError, OverloadedError, UnsupportedParameterError
 from expertmesh.serving.logprobs import MAX_TOP_LOGPROBS, TokenLogprob, prompt_entries, score
@@ -206,10 +206,8 @@ class Engine:
                             self._cv.wait(0.25)
             except Exception as exc:    # never let one bad batch kill the server: fail its rows, go on
                 log.exception("engine step failed; failing %d running request(s)", len(self._rows))
-                err = exc if isinstance(exc, ExpertMeshError) else ExpertMeshError(
+                err = exc if isinstance(exc, ExpertMeshError) else InternalError(
                     f"internal error while generating ({type(exc).__name__}); see the server log")
-                if not isinstance(exc, ExpertMeshError):
-                    err.code = "internal_error"
                 for r in self._rows:
                     r.handle.emit(Event("error", error=err))
                 self._rows, self._batch = [], None
@@ -317,8 +315,7 @@ class Engine:
                 r.handle.emit(Event("prompt", {"logprobs": entries}))
                 logits = logits[:, -1]
         except Exception:                      # these rows are in no batch yet: tell them here
-            err = ExpertMeshError("internal error while reading the prompt; see the server log")
-            err.code = "internal_error"
+            err = InternalError("internal error while reading the prompt; see the server log")
             for r in rows:
                 r.handle.emit(Event("error", error=err))
             raise
