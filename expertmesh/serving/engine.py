@@ -378,8 +378,8 @@ class Engine:
         if finish is None and (r.n_generated >= r.params.max_tokens or len(r.tokens) >= self.settings.max_context):
             finish = "length"
             delta += r.stream.finish()
-        if tok in self._eos and not r.params.ignore_eos and r.pending:
-            r.pending.pop()                     # the end-of-sequence token is not part of the text
+        # An end-of-sequence token keeps its logprob entry (as vLLM does): one entry per completion token, so
+        # lm-eval's echo + max_tokens=1 requests always get prompt + 1 entries.
         if delta or (finish is not None and r.pending):
             data = {"text": delta, "token": tok}
             if r.top_n is not None:             # the tokens whose text this delta carries (at the end, also

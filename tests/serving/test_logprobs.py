@@ -143,3 +143,15 @@ def test_streamed_chat_text_equals_the_full_reply(client):
                 if ch["choices"]:
                     parts.append(ch["choices"][0]["delta"].get("content") or "")
     assert "".join(parts) == full and len(parts) > 1
+
+
+def test_one_logprob_entry_per_completion_token_even_at_eos(client):
+    """lm-eval reads token_logprobs[ctxlen:-1] of an echo + max_tokens=1 answer: there must be exactly one entry
+    per prompt token plus one per completion token, whatever the completion token is (EOS included)."""
+    c, engine = client
+    eos = engine.comp.tokenizer.eos_token_id
+    for prompt in (PROMPT, [eos, eos]):
+        r = c.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "echo": True, "logprobs": 1,
+                                            "max_tokens": 1, "temperature": 0}).json()
+        usage = r["usage"]
+        assert len(r["choices"][0]["logprobs"]["token_logprobs"]) == usage["prompt_tokens"] + usage["completion_tokens"]
