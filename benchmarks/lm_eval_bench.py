@@ -156,6 +156,21 @@ def serve(comp: Path, experts: Path, base_dir: Path, port: int, log: Path, threa
     raise RuntimeError("serve did not become ready in 10 min")
 
 
+def plain_base_dir(base_dir: Path, work: Path) -> Path:
+    """The base for lm-eval's ``hf`` model: the same weight files (linked, not copied) with a config.json that
+    drops ``quantization_config`` (a note left by the GGUF conversion that makes transformers look for a GGUF
+    file). The weights, hence the fingerprint, are the same."""
+    out = work / "base-hf"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in base_dir.iterdir():
+        if f.name != "config.json" and not (out / f.name).exists():
+            (out / f.name).symlink_to(f.resolve())
+    cfg = json.loads((base_dir / "config.json").read_text())
+    cfg.pop("quantization_config", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
 def evaluate(model: str, model_args: str, tasks: list[str], task_dir: Path) -> tuple[dict, float]:
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -194,8 +209,9 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
-    base_res, base_s = evaluate("hf", f"pretrained={base_dir},device=cpu,dtype=float32,batch_size=4", tasks,
-                                work / "tasks")
+    (work / "composition_results.json").write_text(json.dumps(comp_res, indent=2, default=str))
+    base_res, base_s = evaluate("hf", f"pretrained={plain_base_dir(base_dir, work)},device=cpu,dtype=float32,"
+                                "batch_size=4", tasks, work / "tasks")
     rows = []
     for d in args.domains:
         t = f"mesh_nextline_{d}"
