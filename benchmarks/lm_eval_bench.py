@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--reuse-composition", action="store_true",
+                    help="Reuse <work>/composition_results.json from an earlier run (rerun only the base)")
     args = ap.parse_args()
     work = args.work / "tiny" if args.tiny else args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -200,18 +202,33 @@ def main() -> None:
     base_dir, corpora, comp = prepare(args, work)
     counts = write_tasks(work, corpora, args.items, args.choices, args.seed)
     tasks = [f"mesh_nextline_{d}" for d in args.domains]
+    import torch
+
+    torch.set_num_threads(args.threads)       # lm-eval's hf model runs in this process: same thread budget
     port = _free_port()
-    proc = serve(comp, work / "experts", base_dir, port, work / "serve.log", args.threads)
+    cached = work / "composition_results.json"
+    if args.reuse_composition and cached.is_file():
+        comp_res, comp_s = json.loads(cached.read_text()), float("nan")
+    else:
+        comp_res, comp_s = _composition_eval(comp, work, base_dir, port, args.threads, tasks)
+    (work / "composition_results.json").write_text(json.dumps(comp_res, indent=2, default=str))
+    base_res, base_s = evaluate("hf", f"pretrained={plain_base_dir(base_dir, work)},device=cpu,dtype=float32,"
+                                "batch_size=4", tasks, work / "tasks")
+    _report(args, work, counts, comp_res, comp_s, base_res, base_s, t_start, load_start)
+
+
+def _composition_eval(comp: Path, work: Path, base_dir: Path, port: int, threads: int, tasks: list[str]):
+    proc = serve(comp, work / "experts", base_dir, port, work / "serve.log", threads)
     try:
-        comp_res, comp_s = evaluate("local-completions", f"model=lmeval-mesh,base_url=http://127.0.0.1:{port}/v1/"
+        return evaluate("local-completions", f"model=lmeval-mesh,base_url=http://127.0.0.1:{port}/v1/"
                                     f"completions,tokenizer_backend=huggingface,tokenizer={base_dir},"
                                     "num_concurrent=4,max_retries=1,max_length=2048", tasks, work / "tasks")
     finally:
         proc.terminate()
         proc.wait(60)
-    (work / "composition_results.json").write_text(json.dumps(comp_res, indent=2, default=str))
-    base_res, base_s = evaluate("hf", f"pretrained={plain_base_dir(base_dir, work)},device=cpu,dtype=float32,"
-                                "batch_size=4", tasks, work / "tasks")
+
+
+def _report(args, work, counts, comp_res, comp_s, base_res, base_s, t_start, load_start) -> None:
     rows = []
     for d in args.domains:
         t = f"mesh_nextline_{d}"
