@@ -18,6 +18,8 @@ _REQUEST_OPTIONS = [
     click.option("--experts", "experts_dir", type=click.Path(), default=None,
                  help="Local composition: directory holding one expert package per member name."),
     click.option("--base", default=None, help="Base model dir (default: the one the composition names)."),
+    click.option("--top-k", "top_k", type=click.IntRange(min=1), default=None,
+                 help="Override the composition's experts per token for this run."),
 ]
 
 
@@ -32,8 +34,27 @@ def _plan_kwargs(include, exclude, tags, exclude_tags, licences, selection) -> d
             "exclude_tags": list(exclude_tags) or None, "licences": list(licences) or None, "selection": selection}
 
 
-def _open_runtime(composition: str, experts_dir: str | None, base_spec: str | None):
-    """A local composition dir (with --experts) or a registry composition NAME[@VERSION]."""
+def _open_runtime(composition: str, experts_dir: str | None, base_spec: str | None, top_k: int | None = None):
+    """A local composition dir (with --experts) or a registry composition NAME[@VERSION]; ``top_k`` overrides
+    the composition's experts per token (what ``serve --top-k`` does)."""
+    rt = _load_runtime(composition, experts_dir, base_spec)
+    if top_k is not None:
+        from expertmesh.errors import ConfigError
+
+        router = getattr(rt.model, "router", None)
+        if router is None or not hasattr(router, "top_k"):
+            rt.close()
+            raise ConfigError(f"--top-k does not apply to a {rt.spec.router_type!r} composition")
+        router.top_k = top_k
+    return rt
+
+
+def effective_top_k(rt) -> int:
+    router = getattr(rt.model, "router", None)
+    return int(getattr(router, "top_k", rt.spec.top_k))
+
+
+def _load_runtime(composition: str, experts_dir: str | None, base_spec: str | None):
     from expertmesh.base import load_base
     from expertmesh.compose.runtime import CompositionRuntime
     from expertmesh.errors import ConfigError
@@ -146,22 +167,39 @@ def inspect_cmd(directory) -> None:
 
 @compose.command("eval")
 @click.argument("composition")
-@click.option("--data", required=True, type=click.Path(), help="Corpus dir (uses heldout.jsonl), .jsonl or .txt.")
+@click.option("--data", "datas", required=True, multiple=True, type=click.Path(),
+              help="Corpus dir (uses heldout.jsonl), .jsonl or .txt; repeatable with --compare.")
+@click.option("--compare", is_flag=True,
+              help="Per corpus: base, each expert alone, oracle (best single expert), the composition as it "
+                   "routes, and sequence routing accuracy (corpus dir name = the expected expert's name or tag).")
 @click.option("--seq-len", default=256, show_default=True, type=int)
 @click.option("--max-blocks", default=16, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True)
 @_request_options
-def eval_cmd(composition, data, seq_len, max_blocks, as_json, include, exclude, tags, exclude_tags, licences,
-             selection, experts_dir, base) -> None:
+def eval_cmd(composition, datas, compare, seq_len, max_blocks, as_json, include, exclude, tags, exclude_tags,
+             licences, selection, experts_dir, base, top_k) -> None:
     """Held-out loss and perplexity of the public base vs the composition (with any request policy).
 
     Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --exclude law
+    Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --data data/corpora/medicine --compare
     """
     import math
 
-    from expertmesh.compose.evaluate import evaluate_composition
+    from expertmesh.compose.evaluate import compare_on_corpora, evaluate_composition
+    from expertmesh.errors import ConfigError
 
-    rt = _open_runtime(composition, experts_dir, base)
+    if len(datas) > 1 and not compare:
+        raise ConfigError("several --data corpora need --compare (one table over all of them)")
+    for d in datas:
+        if not Path(d).exists():
+            raise ConfigError(f"--data {d} does not exist")
+    rt = _open_runtime(composition, experts_dir, base, top_k)
+    if compare:
+        table = compare_on_corpora(rt, {Path(d).name.removesuffix(".jsonl"): d for d in datas}, seq_len=seq_len,
+                                   max_blocks=max_blocks)
+        click.echo(json.dumps(table, indent=2) if as_json else _compare_table(table))
+        return
+    data = datas[0]
     res = evaluate_composition(rt, data, seq_len=seq_len, max_blocks=max_blocks,
                                **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
     if as_json:
@@ -183,12 +221,12 @@ def eval_cmd(composition, data, seq_len, max_blocks, as_json, include, exclude, 
 @click.option("--json", "as_json", is_flag=True, help="Print text and trace as JSON.")
 @_request_options
 def generate_cmd(composition, prompt, max_new_tokens, temperature, top_p, seed, as_json, include, exclude, tags,
-                 exclude_tags, licences, selection, experts_dir, base) -> None:
+                 exclude_tags, licences, selection, experts_dir, base, top_k) -> None:
     """Generate text with a composition (local dir with --experts, or a registry NAME[@VERSION]).
 
     Example: expertmesh generate compositions/clinic --experts experts/ "Aspirin is used for" --exclude law
     """
-    rt = _open_runtime(composition, experts_dir, base)
+    rt = _open_runtime(composition, experts_dir, base, top_k)
     text = " ".join(prompt)
     plan = rt.plan([text], **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
     g = rt.generate([text], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, plan=plan,
@@ -206,24 +244,44 @@ def generate_cmd(composition, prompt, max_new_tokens, temperature, top_p, seed, 
 
 @click.command("route")
 @click.argument("composition")
-@click.argument("prompt", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("prompt", nargs=-1)
+@click.option("--file", "prompt_file", type=click.Path(dir_okay=False), default=None,
+              help="Route every non-blank line of this file (one prompt per line), in batches of --batch-size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON (with --file: one JSON object per line).")
 @_request_options
-def route_cmd(composition, prompt, as_json, include, exclude, tags, exclude_tags, licences, selection, experts_dir,
-              base) -> None:
+def route_cmd(composition, prompt, prompt_file, batch_size, as_json, include, exclude, tags, exclude_tags, licences,
+              selection, experts_dir, base, top_k) -> None:
     """Explain routing of a prompt: candidate experts, retriever scores, gate mass overall and per layer.
 
     Example: expertmesh route compositions/clinic --experts experts/ "The licensee shall not"
+    Example: expertmesh route compositions/clinic --experts experts/ --file prompts.txt --json
     """
-    rt = _open_runtime(composition, experts_dir, base)
-    text = " ".join(prompt)
+    from expertmesh.errors import InvalidInputError
+
+    if bool(prompt) == bool(prompt_file):
+        raise InvalidInputError("give a PROMPT or --file PROMPTS.txt (one prompt per line), not both or neither")
+    texts = [" ".join(prompt)] if prompt else _prompt_lines(prompt_file)   # checked before the model loads
+    rt = _open_runtime(composition, experts_dir, base, top_k)
+    if prompt_file:
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i:i + batch_size]
+            plan = rt.plan(chunk, **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
+            for text, r in zip(chunk, rt.route(chunk, plan)):
+                if as_json:
+                    click.echo(json.dumps({"prompt": text, **r}))
+                else:
+                    mass = ", ".join(f"{n} {v:.3f}" for n, v in r["gate_mass"].items())
+                    click.echo(f"{', '.join(r['candidates']) or 'public'}\t{mass}\t{text[:60]}")
+        return
+    text = texts[0]
     plan = rt.plan([text], **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
     r = rt.route([text], plan)[0]
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
     click.echo(f"composition {rt.spec.ref} ({rt.spec.router_type}, selection {r['selection']}, "
-               f"top-k {rt.spec.top_k}); {r['tokens']} prompt tokens")
+               f"top-k {effective_top_k(rt)}); {r['tokens']} prompt tokens")
     if r["scores"]:
         click.echo("retriever scores: " + ", ".join(f"{n} {s:.3f}" for n, s in
                                                     sorted(r["scores"].items(), key=lambda x: -x[1])))
@@ -238,6 +296,30 @@ def route_cmd(composition, prompt, as_json, include, exclude, tags, exclude_tags
         click.echo(f"{i:>5}  " + "  ".join(f"{row[n]:>10.3f}" for n in entries))
     for note in r["notes"] + rt.notes:
         click.echo(f"note: {note}")
+
+
+def _compare_table(table: dict) -> str:
+    members = list(table["corpora"][0]["experts"]) if table["corpora"] else []
+    head = ["corpus", "blocks", "base"] + [f"{m} alone" for m in members] + ["oracle", "composition", "routing acc"]
+    rows = [head]
+    for r in table["corpora"]:
+        acc = "n/a" if r["routing_accuracy"] is None else f"{r['routing_accuracy']:.2f}"
+        rows.append([r["domain"], str(r["blocks"]), f"{r['base']:.4f}"] + [f"{r['experts'][m]:.4f}" for m in members]
+                    + [f"{r['oracle']['loss']:.4f} ({r['oracle']['expert']})", f"{r['composition']:.4f}", acc])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [f"{table['composition']} ({table['router_type']}, selection {table['selection']}): held-out loss"]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    return "\n".join(lines)
+
+
+def _prompt_lines(path: str) -> list[str]:
+    from expertmesh.corpora.records import read_utf8
+    from expertmesh.errors import DataError
+
+    lines = [ln.strip() for ln in read_utf8(Path(path)).splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{path}: no prompts (the file is empty); put one prompt per line")
+    return lines
 
 
 def register(group: click.Group) -> None:

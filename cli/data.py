@@ -12,7 +12,7 @@ _COMMON = [
     click.option("--heldout-fraction", type=click.FloatRange(0.0, 0.9), default=0.1, show_default=True,
                  help="Share of documents held out, split by whole document."),
     click.option("--max-chars", type=click.IntRange(min=100), default=20000, show_default=True,
-                 help="Cut each document to this many characters."),
+                 help="Longest document in characters: a built-in source cuts longer ones; import refuses them."),
     click.option("--overwrite", is_flag=True, help="Replace an existing OUT/<domain>/."),
 ]
 
@@ -27,8 +27,13 @@ def _summary(meta: dict) -> str:
     tr, ho = meta["splits"]["train"], meta["splits"]["heldout"]
     line = (f"{meta['domain']}: train {tr['docs']:,} docs / {tr['chars']:,} chars, heldout {ho['docs']:,} docs / "
             f"{ho['chars']:,} chars ({meta.get('build_seconds', 0):.1f} s)")
-    if not ho["docs"] and meta["params"]["heldout_fraction"] > 0:
-        line += "  [warning: no held-out documents; a split needs at least 2 documents]"
+    cut = tr.get("truncated_docs", 0) + ho.get("truncated_docs", 0)
+    if cut:
+        line += f"\n  note: {cut:,} documents were cut to --max-chars {meta['params']['max_chars']:,}"
+    if meta.get("heldout_warning"):
+        line += f"\n  warning: {meta['heldout_warning']}"
+    elif not ho["docs"] and meta["params"]["heldout_fraction"] > 0:
+        line += "\n  warning: no held-out documents; a split needs at least 2 documents"
     return line
 
 
@@ -66,19 +71,30 @@ def build_cmd(domains, out_dir, max_docs, heldout_fraction, max_chars, overwrite
 @data.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--domain", required=True, help="Name of the new domain (lowercase letters, digits, . _ -).")
+@click.option("--split", default="file", show_default=True,
+              help="How a .txt/.md file becomes documents: file (whole file), lines (one per line), blank-lines "
+                   "(paragraphs), or regex:PATTERN (a new document at each line matching PATTERN, e.g. "
+                   "'regex:^CHAPTER ').")
+@click.option("--min-heldout", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Hold out at least this many documents (at most half the corpus); warns when it cannot.")
 @_common
-def import_cmd(paths, domain, out_dir, max_docs, heldout_fraction, max_chars, overwrite) -> None:
+def import_cmd(paths, domain, split, min_heldout, out_dir, max_docs, heldout_fraction, max_chars, overwrite) -> None:
     """Make a corpus from your own files: .jsonl records ({"text": ..., optional "id"}), .txt/.md files, or
-    directories of them (ids are paths relative to the directory).
+    directories of them (ids are paths relative to the directory; with --split, FILE#N).
+
+    Your text is never cut: a document over --max-chars is an error that asks for --split or a larger
+    --max-chars.
 
     Example: expertmesh data import notes/ --domain acme-notes --out data/corpora
+    Example: expertmesh data import book.txt --domain acme-book --split 'regex:^CHAPTER ' --out data/corpora
     """
     from pathlib import Path
 
     from expertmesh.corpora.build import build_corpus_from_files
 
     meta = build_corpus_from_files(list(paths), domain, out_dir, max_docs=max_docs,
-                                   heldout_fraction=heldout_fraction, max_chars=max_chars, overwrite=overwrite)
+                                   heldout_fraction=heldout_fraction, max_chars=max_chars, overwrite=overwrite,
+                                   split=split, min_heldout=min_heldout)
     click.echo(f"{_summary(meta)} -> {Path(out_dir) / domain}")
 
 

@@ -71,7 +71,9 @@ def _corpora(work: Path, tiny: bool, max_docs: int) -> dict[str, Path]:
                 write_records(target / "heldout.jsonl", [{"id": f"{d}/h", "text": " ".join(texts)}])
             else:
                 meta = build_corpus(d, work / "corpora", max_docs=max_docs)
-                click.echo(f"  {d}: {meta.get('docs', meta)}")
+                tr, ho = meta["splits"]["train"], meta["splits"]["heldout"]
+                click.echo(f"  {d}: {tr['docs']:,} train docs ({tr['chars']:,} chars), "
+                           f"{ho['docs']:,} held-out docs ({ho['chars']:,} chars)")
         out[d] = target
     return out
 
@@ -85,8 +87,10 @@ def _corpora(work: Path, tiny: bool, max_docs: int) -> dict[str, Path]:
 def demo(tiny, work, steps, max_docs, fresh) -> None:
     """Run the whole platform end to end: corpora, owners, registry, composition, opt-out, withdrawal.
 
-    Example: expertmesh demo            (about 10-15 minutes on 2 CPU cores)
-             expertmesh demo --tiny     (seconds)
+    The full demo takes about 10-15 minutes on 2 CPU cores; --tiny takes seconds.
+
+    Example: expertmesh demo
+    Example: expertmesh demo --tiny
     """
     import shutil
 

@@ -194,13 +194,23 @@ def fedavg_lora(out, base, name, clients, rounds, min_clients, fraction, round_t
 @click.option("--blocks", default=16, show_default=True, type=int, help="Held-out blocks per corpus.")
 @click.option("--start", default=0, show_default=True, type=int, help="Score positions after this one only.")
 def evaluate(composition, experts, data, base, seq_len, blocks, start) -> None:
-    """Held-out loss per corpus of a composition (any router type, MoT included).
+    """Held-out loss per corpus of a composition whose every token is gated over all members (domain, tuned,
+    mot). A composition that selects experts per request (retrieve, selection sequence/both) is refused: score
+    it with `expertmesh compose eval`, which runs the selection as serving does.
 
     Example: expertmesh federate eval --composition runs/tune/composition --experts experts --data corpora/law,corpora/code
     """
     from pathlib import Path
 
+    from expertmesh.compose.spec import read_spec
+    from expertmesh.errors import ConfigError
     from router_training.central import evaluate_composition_domains
+
+    spec = read_spec(composition)
+    if spec.selection != "token":
+        raise ConfigError(f"{spec.name} selects experts per request ({spec.router_type}, selection "
+                          f"{spec.selection!r}), which federate eval does not run; use `expertmesh compose eval "
+                          f"{composition} --experts {experts} --data CORPUS` (it scores the selection as serving does)")
 
     dirs = {Path(p.strip()).name: p.strip() for p in data.split(",") if p.strip()}
     click.echo(json.dumps(evaluate_composition_domains(composition, experts, dirs, base=base, seq_len=seq_len,

@@ -7,6 +7,7 @@ group lives in one file. Library errors surface as one ``error: ...`` line and e
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -19,6 +20,29 @@ from expertmesh.errors import ExpertMeshError
 for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0",
                "FLWR_DISABLE_UPDATE_CHECK": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)
+
+
+# faiss logs a failed AVX-512 import at INFO before it falls back to the AVX2 build: noise, not news.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+def quiet_libraries() -> None:
+    """What ``--quiet`` means for the libraries underneath: no progress bars (weight loading, datasets),
+    no warnings; errors still surface as the one ``error:`` line."""
+    import warnings
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "peft", "faiss", "expertmesh", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 class MeshGroup(click.Group):
@@ -35,11 +59,14 @@ class MeshGroup(click.Group):
 
 @click.group(cls=MeshGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="expertmesh")
-def cli() -> None:
+@click.option("--profile", default=None, help="Registry login profile to use (saved by `login --profile NAME`).")
+def cli(profile) -> None:
     """Federated modular experts: train and publish LoRA experts, compose them, serve them.
 
-    Example: expertmesh demo --quick
+    Example: expertmesh demo --tiny
     """
+    if profile:
+        os.environ["EXPERTMESH_PROFILE"] = profile
 
 
 def _register_all() -> None:

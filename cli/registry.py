@@ -235,17 +235,22 @@ def audit_cmd(subject, limit, as_json) -> None:  # noqa: ANN001
 @click.command("login")
 @click.argument("url")
 @click.option("--token", prompt=True, hide_input=True, help="API token (prompted if omitted).")
-def login_cmd(url, token) -> None:  # noqa: ANN001
+@click.option("--profile", default=None,
+              help="Save as this named profile (several owners on one machine); use it with "
+                   "`expertmesh --profile NAME ...` or EXPERTMESH_PROFILE=NAME.")
+def login_cmd(url, token, profile) -> None:  # noqa: ANN001
     """Check URL + token against the registry and store them (EXPERTMESH_CONFIG or ~/.config/expertmesh).
 
     Example: expertmesh login http://127.0.0.1:8700 --token emr_...
+    Example: expertmesh login http://127.0.0.1:8700 --token emr_... --profile clinic
     """
     from clients.registry_client import RegistryClient, save_login
 
     with RegistryClient(url, token) as c:
         me = c.whoami()
-    path = save_login(url, token)
-    click.echo(f"logged in to {url} as {me.owner} (scopes: {', '.join(me.scopes)}); saved to {path}")
+    path = save_login(url, token, profile=profile)
+    where = f"profile {profile!r} in {path}" if profile else str(path)
+    click.echo(f"logged in to {url} as {me.owner} (scopes: {', '.join(me.scopes)}); saved to {where}")
 
 
 @click.command("publish")

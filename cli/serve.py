@@ -56,7 +56,7 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
     Requests may add "experts": {"include", "exclude", "tags", "exclude_tags"} and "return_routing": true.
     An owner's withdrawal in the registry applies within ~1 s, without a restart.
 
-    Example: expertmesh serve --composition clinic --registry http://127.0.0.1:8100 --port 8000
+    Example: expertmesh serve --composition clinic --registry http://127.0.0.1:8700 --port 8000
 
     Tiny CPU variant: expertmesh serve --composition runs/tiny/composition --experts runs/tiny/experts
     --base runs/tiny/base   (then: curl 127.0.0.1:8000/v1/models)
@@ -73,6 +73,8 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
     from serving.launch import build_server, needs_registry
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level != "debug":        # one INFO line per registry poll (every 0.5 s) would drown the log
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = ServeSettings.from_env(
         composition=composition, registry_url=registry_url, registry_token=registry_token, base=base, dtype=dtype,
         host=host, port=port, model_name=model_name, max_batch=max_batch,
@@ -93,6 +95,9 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
     comp = engine.comp
     click.echo(f"serving {comp.name} (version {comp.version}, members {comp.members}) on http://{host}:{port}/v1",
                err=True)
+    if watcher is None:
+        click.echo("note: no registry given, so owner withdrawals are not tracked; /v1/models lists members as "
+                   "'unchecked' (pass --registry URL to apply them live)", err=True)
     uvicorn.run(create_app(settings, engine, watcher=watcher), host=host, port=port, log_level=log_level)
 
 

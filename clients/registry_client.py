@@ -248,18 +248,33 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def save_login(url: str, token: str, path: Path | None = None) -> Path:
-    """Store url + token under the "registry" key (other keys of the file are kept), readable by the user only."""
+def save_login(url: str, token: str, path: Path | None = None, profile: str | None = None) -> Path:
+    """Store url + token under the "registry" key, or under "profiles"/PROFILE (several owners on one machine);
+    other keys of the file are kept; the file is readable by the user only."""
     path = path or config_path()
     data = load_config(path)
-    data["registry"] = {"url": url.rstrip("/"), "token": token}
+    entry = {"url": url.rstrip("/"), "token": token}
+    if profile:
+        data.setdefault("profiles", {})[profile] = entry
+    else:
+        data["registry"] = entry
     write_json_atomic(path, data, mode=0o600)
     return path
 
 
 def resolve_login(url: str | None = None, token: str | None = None) -> tuple[str, str | None]:
-    """Explicit arguments, then EXPERTMESH_REGISTRY_URL / EXPERTMESH_TOKEN, then the config file."""
-    saved = load_config().get("registry") or {}
+    """Explicit arguments, then EXPERTMESH_REGISTRY_URL / EXPERTMESH_TOKEN, then the config file (its profile
+    EXPERTMESH_PROFILE, set by ``expertmesh --profile NAME``, else its default login)."""
+    config = load_config()
+    profile = os.environ.get("EXPERTMESH_PROFILE")
+    if profile:
+        profiles = config.get("profiles") or {}
+        if profile not in profiles:
+            raise ConfigError(f"no login profile {profile!r} (saved: {sorted(profiles) or 'none'}); run "
+                              f"`expertmesh login URL --token TOKEN --profile {profile}`")
+        saved = profiles[profile]
+    else:
+        saved = config.get("registry") or {}
     url = url or os.environ.get("EXPERTMESH_REGISTRY_URL") or saved.get("url")
     token = token or os.environ.get("EXPERTMESH_TOKEN") or saved.get("token")
     if not url:

@@ -194,37 +194,49 @@ def _add_routes(app: FastAPI) -> None:
         return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
-    def list_models(engine: EngineDep, settings: SettingsDep) -> dict:
-        return {"object": "list", "data": [_model_card(settings, engine)]}
+    def list_models(request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
+        return {"object": "list", "data": [_model_card(settings, engine, request.app.state.watcher)]}
 
     @app.get("/v1/models/{mid:path}")
-    def get_model(mid: str, engine: EngineDep, settings: SettingsDep) -> dict:
+    def get_model(mid: str, request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
         _check_model(settings, engine, mid)
-        return _model_card(settings, engine)
+        return _model_card(settings, engine, request.app.state.watcher)
 
     @app.post("/v1/completions", responses=_STREAMING)
     async def completions(body: CompletionRequest, engine: EngineDep, settings: SettingsDep, m: MetricsDep):
         body.check_supported()
         _check_model(settings, engine, body.model)
-        reqs = [_build(engine, settings, p, body, body.max_tokens, chat=False) for p in body.prompts()]
-        return await serve_requests(engine, settings, m, reqs, body, CompletionFormat(model_id(settings, engine)))
+        reqs = [_build(engine, settings, p, body, body.max_tokens, chat=False, logprobs=body.logprobs,
+                       prompt_logprobs=body.logprobs if body.echo else None) for p in body.prompts()]
+        fmt = CompletionFormat(model_id(settings, engine), echo=[r.prompt for r in reqs] if body.echo else None,
+                               logprobs=body.logprobs is not None)
+        return await serve_requests(engine, settings, m, reqs, body, fmt)
 
     @app.post("/v1/chat/completions", responses=_STREAMING)
     async def chat(body: ChatCompletionRequest, engine: EngineDep, settings: SettingsDep, m: MetricsDep):
         body.check_supported()
         _check_model(settings, engine, body.model)
         text = engine.comp.chat_prompt([msg.as_template_dict() for msg in body.messages])
-        reqs = [_build(engine, settings, text, body, body.effective_max_tokens(), chat=True)]
-        return await serve_requests(engine, settings, m, reqs, body, ChatFormat(model_id(settings, engine)))
+        reqs = [_build(engine, settings, text, body, body.effective_max_tokens(), chat=True, logprobs=body.top_n())]
+        fmt = ChatFormat(model_id(settings, engine), logprobs=body.top_n() is not None)
+        return await serve_requests(engine, settings, m, reqs, body, fmt)
 
 
-def _model_card(settings: ServeSettings, engine: Engine) -> dict:
+def _model_card(settings: ServeSettings, engine: Engine, watcher=None) -> dict:
+    """Without a registry (no watcher) nobody tells this server about withdrawals: a member's status is
+    "unchecked", never a claimed "active"."""
     comp = engine.comp
     withdrawn = engine.withdrawn
+
+    def status(name: str) -> str:
+        if name in withdrawn:
+            return "withdrawn"
+        return "active" if watcher is not None else "unchecked"
+
     return {"id": model_id(settings, engine), "object": "model", "created": 0, "owned_by": "expertmesh",
             "composition": {"name": comp.name, "version": comp.version, "top_k": comp.top_k,
-                            "experts": [{"name": n, "tags": comp.tags.get(n, []),
-                                         "status": "withdrawn" if n in withdrawn else "active"}
+                            "withdrawals_tracked": watcher is not None,
+                            "experts": [{"name": n, "tags": comp.tags.get(n, []), "status": status(n)}
                                         for n in comp.members]}}
 
 
@@ -236,7 +248,7 @@ def _check_model(settings: ServeSettings, engine: Engine, name: str) -> None:
 
 
 def _build(engine: Engine, settings: ServeSettings, prompt, body: _Common, max_tokens: int | None, *,
-           chat: bool) -> GenerationRequest:
+           chat: bool, logprobs: int | None = None, prompt_logprobs: int | None = None) -> GenerationRequest:
     comp = engine.comp
     if isinstance(prompt, str):
         text, ids = prompt, comp.encode(prompt, add_special_tokens=not chat)
@@ -253,4 +265,5 @@ def _build(engine: Engine, settings: ServeSettings, prompt, body: _Common, max_t
                                 f"{settings.max_tokens_limit}", detail={"field": "max_tokens"})
     params = SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
                             stop=body.stop_list(), ignore_eos=body.ignore_eos)
-    return GenerationRequest(text, ids, params, body.selection(), trace_tokens=body.return_routing == "tokens")
+    return GenerationRequest(text, ids, params, body.selection(), trace_tokens=body.return_routing == "tokens",
+                             logprobs=logprobs, prompt_logprobs=prompt_logprobs)

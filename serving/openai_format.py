@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from expertmesh.errors import ExpertMeshError
 from expertmesh.serving.errors import RequestTimeoutError
+from expertmesh.serving.logprobs import TokenLogprob, chat_logprobs, completion_logprobs
 from expertmesh.serving.requests import Event, GenerationRequest
 from serving.schemas import _Common
 
@@ -27,6 +28,7 @@ class State:
     def __init__(self, n: int):
         self.started = [False] * n
         self.text = [""] * n
+        self.prompt_logprobs: list[list | None] = [None] * n
         self.done: list[dict | None] = [None] * n
 
     def add(self, i: int, ev: Event) -> None:
@@ -34,6 +36,8 @@ class State:
             raise ev.error
         if ev.kind == "start":
             self.started[i] = True
+        elif ev.kind == "prompt":
+            self.prompt_logprobs[i] = ev.data["logprobs"]
         elif ev.kind == "delta":
             self.text[i] += ev.data["text"]
         elif ev.kind == "done":
@@ -111,7 +115,9 @@ async def _stream(q, early, state: State, handles, body: _Common, fmt: "Format",
                 i, ev = await next_event()
                 state.add(i, ev)
             if ev.kind == "delta":
-                yield sse(fmt.delta_chunk(i, ev.data["text"]))
+                yield sse(fmt.delta_chunk(i, ev.data["text"], ev.data.get("logprobs")))
+            elif ev.kind == "prompt":
+                yield sse(fmt.prompt_chunk(i, ev.data["logprobs"]))
             elif ev.kind == "done":
                 metrics.observe_done(fmt.endpoint, ev.data)
                 yield sse(fmt.final_chunk(i, ev.data, body.return_routing))
@@ -128,8 +134,9 @@ async def _stream(q, early, state: State, handles, body: _Common, fmt: "Format",
 class Format:
     endpoint = ""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, *, logprobs: bool = False):
         self.model = model
+        self.logprobs = logprobs               # the request asked for logprobs
         self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
 
@@ -137,7 +144,7 @@ class Format:
         return {"id": self.id, "object": self.objects[kind], "created": self.created, "model": self.model}
 
     def full(self, state: State, return_routing) -> dict:
-        choices = [self.choice(i, state.text[i], d) for i, d in enumerate(state.done)]
+        choices = [self.choice(i, state.text[i], d, state.prompt_logprobs[i]) for i, d in enumerate(state.done)]
         out = {**self.header("full"), "choices": choices, "usage": state.usage()}
         if return_routing:
             for c, d in zip(choices, state.done):
@@ -151,34 +158,74 @@ class Format:
             out["routing"] = done["routing"]
         return out
 
-    def delta_chunk(self, i: int, text: str) -> dict:
-        return {**self.header("chunk"), "choices": [self.chunk_choice(i, text, None)]}
+    def delta_chunk(self, i: int, text: str, entries: list[TokenLogprob] | None = None) -> dict:
+        return {**self.header("chunk"), "choices": [self.chunk_choice(i, text, None, entries)]}
 
     def first_chunk(self, i: int) -> dict | None:
         return None
 
+    def prompt_chunk(self, i: int, entries: list[TokenLogprob]) -> dict | None:
+        return None
+
 
 class CompletionFormat(Format):
+    """``echo`` holds each choice's prompt text when the request echoes it (None otherwise)."""
+
     prefix, endpoint = "cmpl", "/v1/completions"
     objects = {"full": "text_completion", "chunk": "text_completion"}
 
-    def choice(self, i: int, text: str, done: dict) -> dict:
-        return {"index": i, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}
+    def __init__(self, model: str, *, echo: list[str] | None = None, logprobs: bool = False):
+        super().__init__(model, logprobs=logprobs)
+        self.echo = echo
+        self._shift = [0] * len(echo or [])   # streaming: where generated text starts in the choice's text
 
-    def chunk_choice(self, i: int, text: str | None, finish: str | None) -> dict:
-        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+    def choice(self, i: int, text: str, done: dict, prompt_lp: list[TokenLogprob] | None = None) -> dict:
+        lp = None
+        prompt = self.echo[i] if self.echo is not None else ""
+        if self.logprobs:
+            lp = _join_lp([completion_logprobs(prompt_lp or []),
+                           completion_logprobs(done.get("logprobs") or [], shift=len(prompt))])
+        return {"index": i, "text": prompt + text, "logprobs": lp, "finish_reason": done["finish_reason"]}
+
+    def chunk_choice(self, i: int, text: str | None, finish: str | None,
+                     entries: list[TokenLogprob] | None = None, shift: int = 0) -> dict:
+        lp = completion_logprobs(entries, shift=shift) if self.logprobs and entries is not None else None
+        return {"index": i, "text": text or "", "logprobs": lp, "finish_reason": finish}
+
+    def delta_chunk(self, i: int, text: str, entries: list[TokenLogprob] | None = None) -> dict:
+        shift = self._shift[i] if self.echo else 0
+        return {**self.header("chunk"), "choices": [self.chunk_choice(i, text, None, entries, shift)]}
+
+    def first_chunk(self, i: int) -> dict | None:
+        if self.echo is None or self.logprobs:     # with logprobs, the prompt comes once it is scored
+            return None
+        self._shift[i] = len(self.echo[i])
+        return {**self.header("chunk"), "choices": [self.chunk_choice(i, self.echo[i], None)]}
+
+    def prompt_chunk(self, i: int, entries: list[TokenLogprob]) -> dict | None:
+        if self.echo is None:
+            return None
+        self._shift[i] = len(self.echo[i])
+        return {**self.header("chunk"), "choices": [self.chunk_choice(i, self.echo[i], None, entries)]}
+
+
+def _join_lp(parts: list[dict]) -> dict:
+    return {k: [x for p in parts for x in p[k]] for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
 
 
 class ChatFormat(Format):
     prefix, endpoint = "chatcmpl", "/v1/chat/completions"
     objects = {"full": "chat.completion", "chunk": "chat.completion.chunk"}
 
-    def choice(self, i: int, text: str, done: dict) -> dict:
-        return {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+    def choice(self, i: int, text: str, done: dict, prompt_lp=None) -> dict:
+        lp = chat_logprobs(done.get("logprobs") or []) if self.logprobs else None
+        return {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp,
                 "finish_reason": done["finish_reason"]}
 
-    def chunk_choice(self, i: int, text: str | None, finish: str | None) -> dict:
-        return {"index": i, "delta": {} if text is None else {"content": text}, "logprobs": None,
+    def chunk_choice(self, i: int, text: str | None, finish: str | None,
+                     entries: list[TokenLogprob] | None = None) -> dict:
+        lp = chat_logprobs(entries) if self.logprobs and entries is not None else None
+        return {"index": i, "delta": {} if text is None else {"content": text}, "logprobs": lp,
                 "finish_reason": finish}
 
     def first_chunk(self, i: int) -> dict:

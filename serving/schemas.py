@@ -7,6 +7,11 @@ Extra fields, accepted on both endpoints (with the openai client: ``extra_body={
     include_experts: [...], exclude_experts: [...]       (top-level shorthands; merged with ``experts``)
     return_routing: true | "tokens"                       (response carries ``routing``; "tokens": per token)
     ignore_eos: true                                      (generate max_tokens tokens; benchmarks)
+
+Log-probabilities (OpenAI's fields, computed through the composition with the request's opt-outs):
+    completions: logprobs: N (0..20, top-N per token), echo: true (the prompt's tokens are scored and
+                 returned too), max_tokens: 0 (with echo: score the prompt, generate nothing)
+    chat:        logprobs: true, top_logprobs: N (0..20)
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from expertmesh.serving.composition import Selection
 from expertmesh.serving.errors import UnsupportedParameterError
+from expertmesh.serving.logprobs import MAX_TOP_LOGPROBS
 
 
 class ExpertSelection(BaseModel):
@@ -37,7 +43,7 @@ class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    max_tokens: Optional[int] = Field(None, ge=1)
+    max_tokens: Optional[int] = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
@@ -50,7 +56,6 @@ class _Common(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: Optional[dict[str, float]] = None
-    logprobs: Optional[Union[bool, int]] = None
     # expertmesh extras
     experts: Optional[ExpertSelection] = None
     include_experts: Optional[list[str]] = None
@@ -66,8 +71,6 @@ class _Common(BaseModel):
             bad.append(("presence_penalty", "presence/frequency penalties are not supported; leave them at 0"))
         if self.logit_bias:
             bad.append(("logit_bias", "logit_bias is not supported"))
-        if self.logprobs:
-            bad.append(("logprobs", "logprobs are not supported"))
         if bad:
             field, msg = bad[0]
             raise UnsupportedParameterError(msg, detail={"field": field})
@@ -97,13 +100,12 @@ def _union(a: Optional[list[str]], b: Optional[list[str]]) -> Optional[list[str]
 class CompletionRequest(_Common):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: Optional[int] = None
     suffix: Optional[str] = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise UnsupportedParameterError("echo is not supported", detail={"field": "echo"})
         if self.best_of not in (None, 1):
             raise UnsupportedParameterError("best_of is not supported", detail={"field": "best_of"})
         if self.suffix:
@@ -139,7 +141,19 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise UnsupportedParameterError("top_logprobs needs logprobs: true", detail={"field": "top_logprobs"})
+
+    def top_n(self) -> Optional[int]:
+        """Top-N logprobs per generated token, or None when logprobs are not asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def effective_max_tokens(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

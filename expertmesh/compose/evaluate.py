@@ -5,6 +5,8 @@ document-length prompt), so selection is judged on the same context the loss is 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -46,3 +48,56 @@ def evaluate_composition(rt, data: str, *, seq_len: int = 256, max_blocks: int =
     return {"data": str(path), "blocks": len(blocks), "seq_len": seq_len, "base_loss": round(base_loss, 4),
             "composition_loss": round(loss, 4),
             "gate_mass": {n: round(float(mass[e]), 4) for e, n in enumerate(entries)} if mass is not None else {}}
+
+
+def compare_on_corpora(rt, corpora: dict[str, str], *, seq_len: int = 256, max_blocks: int = 16,
+                       batch_size: int = 8) -> dict:
+    """The owner's table on their own held-out corpora: per corpus the loss of the public base, of each member
+    alone, of the oracle (the best single member on that corpus) and of the composition as it routes (retriever
+    selection included, via ``rt.plan``), plus sequence routing accuracy: the share of blocks whose largest
+    gate mass falls on the member named (or tagged) like the corpus. Corpora are {domain: corpus dir or file}."""
+    from expertmesh.corpora.records import load_texts
+    from expertmesh.expert.blocks import pack_blocks
+
+    members = rt.member_names
+    tags = {m.name: set(m.domain_tags) | {m.name} for m in rt.spec.members}
+    rows = []
+    for domain, data in corpora.items():
+        path = Path(data)
+        if path.is_dir() and (path / "heldout.jsonl").is_file():
+            path = path / "heldout.jsonl"
+        blocks = pack_blocks(rt.base.tokenizer, load_texts(str(path)), seq_len, max_blocks=max_blocks,
+                             what=f"held-out data {path}")
+        alone = {n: block_losses(rt, blocks, include=[n], selection="token")[0] for n in members}
+        comp_loss, hits = _composition_with_accuracy(rt, blocks, {n for n in members if domain in tags[n]},
+                                                     batch_size)
+        oracle = min(alone, key=alone.get) if alone else None
+        rows.append({"domain": domain, "blocks": len(blocks),
+                     "base": round(block_losses(rt, blocks, exclude=members, selection="token")[0], 4),
+                     "experts": {n: round(v, 4) for n, v in alone.items()},
+                     "oracle": {"expert": oracle, "loss": round(alone[oracle], 4) if oracle else None},
+                     "composition": round(comp_loss, 4),
+                     "routing_accuracy": None if hits is None else round(hits / len(blocks), 4)})
+    return {"composition": rt.spec.ref, "router_type": rt.spec.router_type, "selection": rt.spec.selection,
+            "seq_len": seq_len, "corpora": rows}
+
+
+def _composition_with_accuracy(rt, blocks: torch.Tensor, expected: set[str], batch_size: int):
+    """Composition loss over ``blocks`` and how many blocks route most of their gate mass to ``expected``
+    (None when no member is named or tagged like the corpus)."""
+    tok = rt.base.tokenizer
+    total, count, hits = 0.0, 0, 0
+    entries = ["public"] + rt.member_names
+    for i in range(0, len(blocks), batch_size):
+        ids = blocks[i:i + batch_size]
+        out = rt.forward(ids, None, rt.plan(tok.batch_decode(ids, skip_special_tokens=True)), trace=True)
+        logits = out.logits.float()
+        total += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                         ids[:, 1:].reshape(-1), reduction="sum"))
+        count += ids[:, 1:].numel()
+        trace = getattr(rt.model, "last_trace", None)
+        if trace is not None and expected:
+            experts_mass = trace.mass[:, 1:]                    # [B, N]: the public entry is not a routing choice
+            top = experts_mass.argmax(1).tolist()
+            hits += sum(entries[1 + t] in expected and float(experts_mass[b, t]) > 0 for b, t in enumerate(top))
+    return total / max(count, 1), (hits if expected else None)

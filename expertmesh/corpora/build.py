@@ -6,8 +6,11 @@ Rules (also written into every meta.json):
 - split: a document is held out iff int(sha256(id), 16) % 1000 < heldout_fraction * 1000, so a document keeps
   its split across rebuilds and sizes, and no document is ever cut across splits. Only when that leaves one
   side empty (tiny builds) is the document nearest the threshold moved, and meta says so;
-- size: each text is cut to ``max_chars`` characters (20,000 ~ 5,000 tokens) so one huge document cannot
-  dominate a domain; exact duplicate texts are kept once.
+- size: each text of a built-in source is cut to ``max_chars`` characters (20,000 ~ 5,000 tokens) so one huge
+  document cannot dominate a domain; a user's document over ``max_chars`` is an error instead (split it);
+  exact duplicate texts are kept once;
+- minimum held-out: with ``min_heldout`` N, the N documents nearest the threshold are held out when the hash
+  leaves fewer (never more than half the corpus); meta's ``heldout_warning`` says when even that is too few.
 The output directory is written atomically: an interrupted build leaves the previous corpus or nothing.
 
 Tiny CPU example (seconds):  python -c "from expertmesh.corpora import build_corpus; \
@@ -79,7 +82,7 @@ def _check_params(max_docs: int | None, heldout_fraction: float, max_chars: int)
 
 
 def _load_selected(docs: Sequence[Doc], cap: int | None, workers: int,
-                   max_chars: int) -> tuple[list[tuple[Doc, str, bool]], dict[str, int]]:
+                   max_chars: int, cut_long: bool = True) -> tuple[list[tuple[Doc, str, bool]], dict[str, int]]:
     """Load documents in selection order until ``cap`` are kept; empty and duplicate texts are skipped."""
     def load(doc: Doc) -> str:
         try:
@@ -98,7 +101,13 @@ def _load_selected(docs: Sequence[Doc], cap: int | None, workers: int,
             i += len(batch)
             texts = pool.map(load, batch) if pool else map(load, batch)
             for doc, raw in zip(batch, texts):
-                text, truncated = cap_text(normalise_text(raw), max_chars)
+                text = normalise_text(raw)
+                if not cut_long and len(text) > max_chars:
+                    raise DataError(
+                        f"{doc.id} is {len(text):,} characters, more than --max-chars {max_chars:,}; nothing is "
+                        "cut from your text: split files into documents with --split lines|blank-lines|"
+                        "regex:PATTERN, or raise --max-chars", detail={"id": doc.id, "chars": len(text)})
+                text, truncated = cap_text(text, max_chars)
                 digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
                 if not text.strip():
                     stats["skipped_empty"] += 1
@@ -113,29 +122,41 @@ def _load_selected(docs: Sequence[Doc], cap: int | None, workers: int,
     return kept, stats
 
 
-def _split(kept: list[tuple[Doc, str, bool]], heldout_fraction: float):
+def _split(kept: list[tuple[Doc, str, bool]], heldout_fraction: float, min_heldout: int = 1):
+    """Whole-document split by id hash; then at least ``min_heldout`` held out (the documents nearest the
+    threshold move) while the held-out side stays at most half of the corpus."""
     threshold = heldout_fraction * 1000
     held = [k for k in kept if split_value(k[0].id) < threshold]
     train = [k for k in kept if split_value(k[0].id) >= threshold]
-    fallback = None
-    if heldout_fraction > 0 and not held and len(train) >= 2:
-        move = min(train, key=lambda k: (split_value(k[0].id), k[0].id))
-        train.remove(move)
-        held.append(move)
-        fallback = f"moved {move[0].id} to heldout"
+    fallback, warning = None, None
+    if heldout_fraction > 0 and len(held) < min_heldout:
+        order = sorted(train, key=lambda k: (split_value(k[0].id), k[0].id))
+        moved = []
+        while order and len(held) < min_heldout and len(held) + 1 <= len(kept) // 2:
+            move = order.pop(0)
+            train.remove(move)
+            held.append(move)
+            moved.append(move[0].id)
+        if moved:
+            fallback = f"moved {moved[0]} to heldout" if len(moved) == 1 else \
+                f"moved {len(moved)} documents to heldout to reach min_heldout={min_heldout}"
+        if len(held) < min_heldout:
+            warning = (f"only {len(held)} held-out document(s) of {len(kept)} (min_heldout={min_heldout}): too few "
+                       "for a reliable held-out loss; add documents or split files into more (--split)")
     elif not train and len(held) >= 2:
         move = max(held, key=lambda k: (split_value(k[0].id), k[0].id))
         held.remove(move)
         train.append(move)
         fallback = f"moved {move[0].id} to train"
-    return {"train": train, "heldout": held}, fallback
+    return {"train": train, "heldout": held}, fallback, warning
 
 
 def _build(source: Source, domain: str, out_dir: str | Path, *, max_docs: int | None, heldout_fraction: float,
-           max_chars: int, overwrite: bool) -> dict[str, Any]:
+           max_chars: int, overwrite: bool, min_heldout: int = 1) -> dict[str, Any]:
     t0 = time.perf_counter()
     check_name("domain", domain)
     _check_params(max_docs, heldout_fraction, max_chars)
+    check_int("min_heldout", min_heldout, lo=0)
     final = Path(out_dir) / domain
     if final.exists() and not overwrite:      # fail before the (possibly slow) loading
         raise ConflictError(f"{final} already exists; choose another output directory or pass --overwrite")
@@ -147,19 +168,21 @@ def _build(source: Source, domain: str, out_dir: str | Path, *, max_docs: int | 
         raise DataError(f"source {source.name!r} gave the document id {dup!r} twice; ids must be unique")
     cap = max_docs if max_docs is not None else source.default_max_docs
     ordered = sorted(docs, key=lambda d: selection_key(d.id))
-    kept, stats = _load_selected(ordered, cap, source.load_workers, max_chars)
+    kept, stats = _load_selected(ordered, cap, source.load_workers, max_chars, source.cut_long)
     if not kept:
         raise DataError(f"source {source.name!r} gave no non-empty documents for domain {domain!r}")
-    splits, fallback = _split(kept, heldout_fraction)
+    splits, fallback, warning = _split(kept, heldout_fraction, min_heldout)
     meta: dict[str, Any] = {
         "format": FORMAT, "domain": domain,
         "source": {"name": source.name, "description": source.description, **source.provenance(),
                    "options": source.options()},
         "splits": {name: {"docs": len(items), "chars": sum(len(t) for _, t, _ in items),
                           "truncated_docs": sum(tr for _, _, tr in items)} for name, items in splits.items()},
-        "params": {"max_docs": cap, "heldout_fraction": heldout_fraction, "max_chars": max_chars},
+        "params": {"max_docs": cap, "heldout_fraction": heldout_fraction, "max_chars": max_chars,
+                   **({"min_heldout": min_heldout} if min_heldout != 1 else {})},
         "split_rule": SPLIT_RULE, "selection_rule": SELECTION_RULE, "max_chars_rule": CAP_RULE,
         "candidates": len(docs), **stats, "heldout_fallback": fallback,
+        **({"heldout_warning": warning} if warning else {}),
         "expertmesh_version": _own_version(),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -191,12 +214,16 @@ def build_corpus(domain: str, out_dir: str | Path, *, max_docs: int | None = Non
 
 def build_corpus_from_files(paths: str | Path | Iterable[str | Path], domain: str, out_dir: str | Path, *,
                             max_docs: int | None = None, heldout_fraction: float = 0.1, max_chars: int = 20000,
-                            overwrite: bool = False) -> dict[str, Any]:
-    """Build ``<out_dir>/<domain>/`` from a user's .jsonl / .txt / .md files or directories of them."""
+                            overwrite: bool = False, split: str = "file", min_heldout: int = 1) -> dict[str, Any]:
+    """Build ``<out_dir>/<domain>/`` from a user's .jsonl / .txt / .md files or directories of them.
+
+    ``split`` cuts text files into documents (see sources/files.py); a document longer than ``max_chars`` is
+    an error, never cut; at least ``min_heldout`` documents are held out where the corpus allows it."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     check_name("domain", domain)
-    return _build(make_source("files", {"paths": [str(p) for p in paths]}), domain, out_dir, max_docs=max_docs,
-                  heldout_fraction=heldout_fraction, max_chars=max_chars, overwrite=overwrite)
+    return _build(make_source("files", {"paths": [str(p) for p in paths], "split": split}), domain, out_dir,
+                  max_docs=max_docs, heldout_fraction=heldout_fraction, max_chars=max_chars, overwrite=overwrite,
+                  min_heldout=min_heldout)
 
 
 def build_all(domains: Iterable[str], out_dir: str | Path, *, max_docs: int | None = None,

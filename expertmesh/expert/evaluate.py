@@ -20,10 +20,11 @@ def heldout_path(data: str | Path) -> Path:
 def evaluate_expert(expert_dir, data, *, base=None, seq_len: int = 256, max_blocks: int = 32) -> dict:
     from expertmesh.corpora.records import load_texts
 
+    path = heldout_path(data)
+    texts = load_texts(path)                    # data errors before the base loads
     b = base if hasattr(base, "model") else load_base(base)
     expert = load_expert(expert_dir, expected_fingerprint=b.fingerprint)
-    path = heldout_path(data)
-    blocks = pack_blocks(b.tokenizer, load_texts(path), seq_len, max_blocks=max_blocks, what=str(path))
+    blocks = pack_blocks(b.tokenizer, texts, seq_len, max_blocks=max_blocks, what=str(path))
     model = ComposedModel(b.model, [expert])
     try:
         base_loss = mean_token_loss(lambda ids: model(ids, allowed=torch.zeros(1, dtype=torch.bool)).logits, blocks)

@@ -71,7 +71,9 @@ def pilot_embeddings(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarra
     if k == len(x):
         centroids = x.copy()
     else:
-        km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False)
+        # min_points_per_centroid=1: a small owner corpus is legitimate; faiss would warn on every call below 39/k
+        km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False,
+                          min_points_per_centroid=1)
         km.train(x)
         centroids = km.centroids
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-9)

@@ -88,16 +88,17 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"output {out} already exists; choose another --out or pass --overwrite")
+    train_texts = load_texts(cfg.data)          # a missing or empty file fails here, before the base loads
+    heldout_texts = load_texts(cfg.heldout) if cfg.heldout else None
     base = base or load_base(cfg.base)
     model, tok = base.model, base.tokenizer
     paths = resolve_targets(model, cfg.lora.target_modules)
-    train_texts = load_texts(cfg.data)
     canary_set = make_canaries(cfg.canaries, seed=cfg.seed, repeats=cfg.canary_repeats) if cfg.canaries else None
     stream = insert_canaries(train_texts, canary_set) if canary_set else train_texts
     blocks = pack_blocks(tok, stream, cfg.seq_len, what=f"training data {cfg.data}")
     dp_plan = (plan_dp(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_clip, batch_size=cfg.batch_size,
                        num_blocks=len(blocks), steps=cfg.steps) if cfg.dp_epsilon is not None else None)
-    heldout = (pack_blocks(tok, load_texts(cfg.heldout), cfg.seq_len, max_blocks=cfg.eval_blocks,
+    heldout = (pack_blocks(tok, heldout_texts, cfg.seq_len, max_blocks=cfg.eval_blocks,
                            what=f"held-out data {cfg.heldout}") if cfg.heldout else None)
 
     torch.manual_seed(cfg.seed)
@@ -144,7 +145,7 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
         metrics=metrics,
     )
     with atomic_directory(out, overwrite=cfg.overwrite) as tmp:
-        save_peft_adapter(tmp, trained, cfg.lora, base_name=str(cfg.base or "smollm2-135m-instruct"))
+        save_peft_adapter(tmp, trained, cfg.lora, base_name=str(base.path))  # a dir AutoPeft resolves
         save_signature(tmp, row.detach()[:, 0, :], anchor, pilots)
         finalize_manifest(tmp, manifest)
     if canary_set:

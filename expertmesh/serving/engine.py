@@ -24,9 +24,10 @@ from typing import Callable
 
 import torch
 
-from expertmesh.errors import ExpertMeshError, InternalError
+from expertmesh.errors import ExpertMeshError, InternalError, InvalidInputError
 from expertmesh.serving.composition import RowPlan, ServedComposition
-from expertmesh.serving.errors import ContextLengthError, NotReadyError, OverloadedError
+from expertmesh.serving.errors import ContextLengthError, NotReadyError, OverloadedError, UnsupportedParameterError
+from expertmesh.serving.logprobs import MAX_TOP_LOGPROBS, TokenLogprob, prompt_entries, score
 from expertmesh.serving.kvbatch import KVBatch
 from expertmesh.serving.requests import Event, GenerationRequest, RequestHandle, RoutingTally
 from expertmesh.serving.resident import ResidentSet, package_loader
@@ -50,6 +51,10 @@ class _Row:
         self.t_first: float | None = None
         self.max_batch_seen = 0
         self.finish: str | None = None
+        self.top_n = req.logprobs                        # None: no logprobs for generated tokens
+        self.prompt_top_n = req.prompt_logprobs          # None: the prompt is not scored
+        self.logprobs: list[TokenLogprob] = []           # generated tokens' entries, in order
+        self.pending: list[TokenLogprob] = []            # entries of tokens whose text is not out yet
 
     def set_plan(self, plan: RowPlan) -> None:
         self.allowed, self.fixed, self.candidates = plan.allowed, plan.fixed, plan.candidates
@@ -129,6 +134,13 @@ class Engine:
                 f"of {limit} tokens; shorten the prompt or lower max_tokens",
                 detail={"prompt_tokens": n, "max_tokens": request.params.max_tokens, "max_context": limit})
         self.comp.check_names(request.selection)
+        for field, n in (("logprobs", request.logprobs), ("prompt_logprobs", request.prompt_logprobs)):
+            if n is not None and not 0 <= n <= MAX_TOP_LOGPROBS:
+                raise InvalidInputError(f"{field}={n} must be in [0, {MAX_TOP_LOGPROBS}]", detail={"field": field})
+        if request.prompt_logprobs is not None and not getattr(self.comp.batch_class, "scores_prompts", False):
+            raise UnsupportedParameterError(
+                f"prompt logprobs (echo) are not available for a {self.comp.info.get('router_type')!r} "
+                "composition; ask for generated-token logprobs only", detail={"field": "echo"})
 
     def submit(self, request: GenerationRequest, sink: Callable[[Event], None]) -> RequestHandle:
         if not self.ready:
@@ -280,12 +292,28 @@ class Engine:
         self.resident.ensure(set().union(*(r.allowed for r in rows)) - self._effective_withdrawn())
 
     def _join(self, rows: list[_Row]) -> None:
-        """Prefill rows (new, or recomputed after a withdrawal/swap) and merge them into the batch."""
+        """Prefill rows (new, or recomputed after a withdrawal/swap) and merge them into the batch. A row whose
+        prompt is scored (echo) is prefilled alone: its forward keeps every position's logits [1, T, V]."""
+        scored = [r for r in rows if r.prompt_top_n is not None and r.n_generated == 0]
+        plain = [r for r in rows if r not in scored]
+        if plain:
+            self._prefill(plain)
+        for r in scored:
+            self._prefill([r], score_prompt=True)
+
+    def _prefill(self, rows: list[_Row], score_prompt: bool = False) -> None:
         t0 = time.perf_counter()
         try:
             self._ensure_resident(self._rows + rows)
-            batch, logits, trace = self.comp.batch_class.prefill(self.comp.model, [r.tokens for r in rows], self._mask(rows),
-                                                   self._pad_id, self._fixed(rows))
+            kw = {"all_logits": True} if score_prompt else {}
+            batch, logits, trace = self.comp.batch_class.prefill(
+                self.comp.model, [r.tokens for r in rows], self._mask(rows), self._pad_id, self._fixed(rows), **kw)
+            if score_prompt:             # one row, no padding: position t predicts token t+1
+                r = rows[0]
+                with self.comp.tokenizer_lock:
+                    entries = prompt_entries(self.comp.tokenizer, logits[0], r.tokens, r.prompt_top_n)
+                r.handle.emit(Event("prompt", {"logprobs": entries}))
+                logits = logits[:, -1]
         except Exception:                      # these rows are in no batch yet: tell them here
             err = InternalError("internal error while reading the prompt; see the server log")
             for r in rows:
@@ -318,8 +346,14 @@ class Engine:
         for b, (r, tok) in enumerate(zip(rows, tokens)):
             mass = trace.row(b) if trace is not None else {"public": 1.0}
             r.tally.add(mass, float(trace.tokens[b]) if trace is not None else 1.0)
-            r.tally.add_token(r.n_generated, mass, self.epoch)
             r.max_batch_seen = max(r.max_batch_seen, batch_size)
+            if r.params.max_tokens == 0:          # prompt scoring only: nothing is generated
+                self._finish(r, "length", time.monotonic())
+                continue
+            r.tally.add_token(r.n_generated, mass, self.epoch)
+            if r.top_n is not None:               # the same logits the token was sampled from
+                with self.comp.tokenizer_lock:
+                    r.pending += score(self.comp.tokenizer, logits[b:b + 1], [tok], r.top_n, [len(r.stream.text)])
             self._emit_token(r, tok)
         self.counters["generated_tokens"] += len(rows)
         if self.on_step is not None:
@@ -344,16 +378,28 @@ class Engine:
         if finish is None and (r.n_generated >= r.params.max_tokens or len(r.tokens) >= self.settings.max_context):
             finish = "length"
             delta += r.stream.finish()
-        if delta:
-            r.handle.emit(Event("delta", {"text": delta, "token": tok}))
+        # An end-of-sequence token keeps its logprob entry (as vLLM does): one entry per completion token, so
+        # lm-eval's echo + max_tokens=1 requests always get prompt + 1 entries.
+        if delta or (finish is not None and r.pending):
+            data = {"text": delta, "token": tok}
+            if r.top_n is not None:             # the tokens whose text this delta carries (at the end, also
+                data["logprobs"], r.pending = r.pending, []     # those of a cut multi-byte character)
+                r.logprobs += data["logprobs"]
+            r.handle.emit(Event("delta", data))
         if finish is not None:
-            r.finish = finish
-            usage = {"prompt_tokens": r.n_prompt, "completion_tokens": r.n_generated,
-                     "total_tokens": len(r.tokens)}
-            r.handle.emit(Event("done", {
-                "finish_reason": finish, "usage": usage, "routing": r.tally.summary(r.notes, r.candidates),
-                "latency_s": now - r.handle.submitted, "ttft_s": r.t_first - r.handle.submitted,
-                "max_batch": r.max_batch_seen, "routed_tokens": r.tally.tokens}))
+            self._finish(r, finish, now)
+
+    def _finish(self, r: _Row, finish: str, now: float) -> None:
+        r.finish = finish
+        r.logprobs += r.pending                 # tokens whose text never completed (a cut multi-byte character)
+        r.pending = []
+        t_first = r.t_first if r.t_first is not None else now
+        usage = {"prompt_tokens": r.n_prompt, "completion_tokens": r.n_generated, "total_tokens": len(r.tokens)}
+        r.handle.emit(Event("done", {
+            "finish_reason": finish, "usage": usage, "routing": r.tally.summary(r.notes, r.candidates),
+            "latency_s": now - r.handle.submitted, "ttft_s": t_first - r.handle.submitted,
+            "max_batch": r.max_batch_seen, "routed_tokens": r.tally.tokens,
+            "logprobs": r.logprobs if r.top_n is not None else None}))
 
     def _drop_finished(self) -> None:
         keep = [i for i, r in enumerate(self._rows) if r.finish is None and not r.handle.cancelled]

@@ -25,6 +25,8 @@ from expertmesh.errors import ConfigError
 
 
 class KVBatch:
+    scores_prompts = True                   # prefill(all_logits=True) gives every position's logits (echo)
+
     def __init__(self, cache: DynamicCache, attn: torch.Tensor):
         self.cache = cache
         self.attn = attn                    # [B, T] long, 1 = real token
@@ -40,12 +42,14 @@ class KVBatch:
     # -- forwards -------------------------------------------------------------------------------------------
     @classmethod
     def prefill(cls, composed, seqs: list[list[int]], allowed: torch.Tensor | None, pad_id: int,
-                fixed: torch.Tensor | None = None) -> tuple["KVBatch", torch.Tensor, object]:
-        """Run the full token sequences of new rows; returns the batch, last-position logits [b, V], trace."""
+                fixed: torch.Tensor | None = None, *, all_logits: bool = False) -> tuple["KVBatch", torch.Tensor, object]:
+        """Run the full token sequences of new rows; returns the batch, last-position logits [b, V] (with
+        ``all_logits``: every position's, [b, T, V], left-padded like the rows), and the trace."""
         ids, attn = left_padded(seqs, pad_id)
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=composed.base_model.config)
-        logits, trace = _forward(composed, ids, attn, pos, cache, allowed, fixed, token_mask=attn)
+        logits, trace = _forward(composed, ids, attn, pos, cache, allowed, fixed, token_mask=attn,
+                                 keep=0 if all_logits else 1)
         _check_layers(cache)
         return cls(cache, attn), logits, trace
 
@@ -88,11 +92,13 @@ def left_padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, attn
 
 
-def _forward(composed, ids, attn, pos, cache, allowed, fixed, token_mask):
+def _forward(composed, ids, attn, pos, cache, allowed, fixed, token_mask, keep: int = 1):
+    """``keep`` = 1: last-position logits [B, V]; 0: all positions [B, T, V]."""
     with composed.routing(ids.shape[0], allowed=allowed, fixed_weights=fixed, attention_mask=token_mask, trace=True):
         out = composed.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache,
-                                  use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1].float(), composed.last_trace
+                                  use_cache=True, logits_to_keep=keep)
+    logits = out.logits.float()
+    return (logits if keep == 0 else logits[:, -1]), composed.last_trace
 
 
 def _left_pad(t: torch.Tensor, T: int) -> torch.Tensor:

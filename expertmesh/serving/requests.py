@@ -1,7 +1,9 @@
 """What goes into the engine (GenerationRequest) and what comes out (a stream of Events on a RequestHandle).
 
-Events, in order: ``start`` (routing plan) once, ``delta`` (text, token) per token, then ``done`` (finish
-reason, usage, routing) or ``error`` (an ExpertMeshError; before ``start`` it means the request was refused).
+Events, in order: ``start`` (routing plan) once, ``prompt`` (the prompt's TokenLogprobs, only when
+``prompt_logprobs`` is asked for), ``delta`` (text, token, and with ``logprobs`` the TokenLogprobs of the tokens
+in that text) per token or group of tokens, then ``done`` (finish reason, usage, routing, logprobs) or
+``error`` (an ExpertMeshError; before ``start`` it means the request was refused).
 The engine calls ``sink(event)`` from its worker thread; the HTTP layer bridges that into asyncio.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ class GenerationRequest:
     params: SamplingParams
     selection: Selection = field(default_factory=Selection)
     trace_tokens: bool = False                   # keep per-token gate mass (return_routing: "tokens")
+    logprobs: int | None = None                  # top-N logprobs of each generated token (None: none)
+    prompt_logprobs: int | None = None           # top-N logprobs of each prompt token (echo; None: none)
 
 
 @dataclass

@@ -24,8 +24,8 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         # The HTTP schema checks these too; the engine is also a library entry point, so check again here.
-        if self.max_tokens < 1:
-            raise InvalidInputError(f"max_tokens={self.max_tokens} must be >= 1", detail={"field": "max_tokens"})
+        if self.max_tokens < 0:     # 0: score the prompt only (echo + logprobs), generate nothing
+            raise InvalidInputError(f"max_tokens={self.max_tokens} must be >= 0", detail={"field": "max_tokens"})
         if not 0.0 <= self.temperature <= 2.0:
             raise InvalidInputError(f"temperature={self.temperature} must be in [0, 2]", detail={"field": "temperature"})
         if not 0.0 < self.top_p <= 1.0:

@@ -1,7 +1,7 @@
 """ServeSettings: one typed object for the inference server, validated where each field is declared.
 
 Environment (all optional; CLI flags override): EXPERTMESH_SERVE_<FIELD> in upper case, e.g.
-EXPERTMESH_SERVE_MAX_BATCH=16, EXPERTMESH_SERVE_REGISTRY_URL=http://127.0.0.1:8100.
+EXPERTMESH_SERVE_MAX_BATCH=16, EXPERTMESH_SERVE_REGISTRY_URL=http://127.0.0.1:8700.
 """
 from __future__ import annotations
 

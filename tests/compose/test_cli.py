@@ -66,3 +66,45 @@ def test_not_a_composition_and_mixed_bases(tmp_path, tiny_experts):
     assert res.exit_code == 1 and "not a composition" in res.output
     res = CliRunner().invoke(cli, ["compose", "build", "x", "--local", str(tmp_path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "no expert packages" in res.output
+
+
+def test_route_a_file_of_prompts_with_a_top_k_override(local_comp, tiny_base_dir, tmp_path):
+    out, experts_dir = local_comp
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the licensee shall not sublicense the software\n\nthe patient was given aspirin\n",
+                       encoding="utf-8")
+    common = ["--experts", str(experts_dir), "--base", str(tiny_base_dir)]
+    res = CliRunner().invoke(cli, ["route", str(out), "--file", str(prompts), "--json", "--top-k", "1", *common])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["candidates"] for r in rows] == [["law"], ["medicine"]]
+    one = CliRunner().invoke(cli, ["route", str(out), "the licensee shall not", "--top-k", "1", *common])
+    assert "top-k 1)" in one.output
+    none = CliRunner().invoke(cli, ["route", str(out), *common])
+    assert none.exit_code == 1 and "give a PROMPT or --file" in none.output
+
+
+def test_federate_eval_refuses_a_retrieve_composition(local_comp, tiny_corpora):
+    out, experts_dir = local_comp             # a retrieve composition (selection per request)
+    res = CliRunner().invoke(cli, ["federate", "eval", "--composition", str(out), "--experts", str(experts_dir),
+                                   "--data", str(tiny_corpora["law"])])
+    assert res.exit_code == 1 and "compose eval" in res.output and res.output.startswith("error: ")
+
+
+def test_eval_compare_table_over_own_corpora(local_comp, tiny_base_dir, tiny_corpora):
+    out, experts_dir = local_comp
+    common = ["--experts", str(experts_dir), "--base", str(tiny_base_dir), "--seq-len", "16", "--max-blocks", "2"]
+    res = CliRunner().invoke(cli, ["compose", "eval", str(out), "--data", str(tiny_corpora["law"]), "--data",
+                                   str(tiny_corpora["medicine"]), "--compare", "--json", *common])
+    assert res.exit_code == 0, res.output
+    table = json.loads(res.stdout)
+    rows = {r["domain"]: r for r in table["corpora"]}
+    for d in ("law", "medicine"):
+        r = rows[d]
+        assert set(r["experts"]) == {"law", "medicine", "code"}
+        assert r["oracle"]["loss"] == min(r["experts"].values())
+        assert 0.0 <= r["routing_accuracy"] <= 1.0
+    assert rows["law"]["routing_accuracy"] == 1.0           # the retriever sends law text to the law expert
+    text = CliRunner().invoke(cli, ["compose", "eval", str(out), "--data", str(tiny_corpora["law"]), "--compare",
+                                    *common])
+    assert "routing acc" in text.output and "oracle" in text.output

@@ -104,3 +104,27 @@ def test_admin_token_from_settings_via_client(live):
     with RegistryClient(live.url, ADMIN_TOKEN) as admin:
         me = admin.whoami()
     assert me.is_admin and me.owner == "admin"
+
+
+def test_named_login_profiles_keep_two_owners_apart(env, live, settings, monkeypatch):
+    monkeypatch.delenv("EXPERTMESH_PROFILE", raising=False)
+    db = ["--db", settings.resolved_database_url, "--data-dir", str(settings.data_dir)]
+    tokens = {}
+    for owner in ("alice", "bob"):
+        run("registry", "create-owner", owner, *db)
+        tokens[owner] = run("registry", "create-token", owner, "--scope", "read", *db).stdout.strip().splitlines()[-1]
+        login = run("login", live.url, "--token", tokens[owner], "--profile", owner)
+        assert f"profile '{owner}'" in login.output
+
+    from clients.registry_client import RegistryClient
+
+    who = {}
+    for owner in ("alice", "bob"):
+        monkeypatch.setenv("EXPERTMESH_PROFILE", owner)
+        with RegistryClient.from_config() as c:
+            who[owner] = c.whoami().owner
+    monkeypatch.delenv("EXPERTMESH_PROFILE")
+    missing = run("--profile", "carol", "ls", ok=False)
+    assert who == {"alice": "alice", "bob": "bob"}
+    assert missing.exit_code == 1 and "no login profile 'carol'" in missing.output
+    monkeypatch.delenv("EXPERTMESH_PROFILE", raising=False)

@@ -44,3 +44,20 @@ def test_local_directory_mode(tmp_path, serving_experts, tiny_base_dir):
         assert r.status_code == 200, r.text
         weights = r.json()["routing"]["weights"]
         assert set(weights) == {"public", "medicine", "law", "code"}
+
+
+def test_local_mode_without_a_registry_claims_no_status(tmp_path, serving_experts, tiny_base_dir):
+    from expertmesh.compose import build_composition
+    from serving.app import create_app
+    from serving.launch import build_server
+    from expertmesh.serving.settings import ServeSettings
+
+    for name, d in serving_experts.items():
+        shutil.copytree(d, tmp_path / "experts" / name)
+    build_composition("local-mesh", tmp_path / "experts", "domain", out=tmp_path / "composition")
+    settings = ServeSettings(composition=str(tmp_path / "composition"), base=str(tiny_base_dir), max_context=512)
+    engine, watcher = build_server(settings)
+    with TestClient(create_app(settings, engine, watcher=watcher)) as c:
+        card = c.get("/v1/models").json()["data"][0]["composition"]
+    assert card["withdrawals_tracked"] is False
+    assert {e["status"] for e in card["experts"]} == {"unchecked"}

@@ -36,6 +36,7 @@ class Source:
     description: ClassVar[str]
     default_max_docs: ClassVar[int | None] = None
     load_workers: ClassVar[int] = 1           # >1 where loading waits on subprocesses
+    cut_long: ClassVar[bool] = True           # False: a document over max_chars is an error, not cut
 
     def documents(self) -> Iterator[Doc]:
         """Every candidate document; raises DataError (naming the fix) when the source is unavailable."""
