@@ -28,7 +28,7 @@ from expertmesh.expert.blocks import mean_token_loss, pack_blocks
 from expertmesh.expert.config import TrainConfig
 from expertmesh.expert.manifest import ExpertManifest, SignatureSpec
 from expertmesh.expert.package import finalize_manifest, save_signature
-from expertmesh.expert.signature import anchor_rows, mean_layer_inputs, passages, pilot_embeddings
+from expertmesh.expert.signature import mean_layer_inputs, passages, pilot_embeddings, public_anchor_rows
 from expertmesh.fileio import atomic_directory, write_json_atomic
 from expertmesh.mixture.lora_io import ExpertWeights, save_peft_adapter
 from expertmesh.mixture.model import ComposedModel, adaptable_modules, resolve_targets
@@ -94,7 +94,7 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
                            what=f"held-out data {cfg.heldout}") if cfg.heldout else None)
 
     torch.manual_seed(cfg.seed)
-    anchor = anchor_rows(model, tok)
+    anchor = public_anchor_rows(base)
     init_rows = mean_layer_inputs(model, blocks[:16])
     lora = _init_lora(model, paths, cfg.lora.r, cfg.seed)
     row = nn.Parameter(init_rows[:, None, :].clone())                           # [L, 1, d]
