@@ -264,7 +264,7 @@ def main() -> None:
     body = report(args, ev, routing, train_info, base, total_min)
     print(body)
     if not args.no_write and not args.tiny:
-        from expertmesh.bench.markdown import replace_section
+        from benchmarks.mesh.markdown import replace_section
 
         replace_section(ROOT / "BENCHMARKS.md", "composition-bench", body)
         log("wrote the composition-bench section of BENCHMARKS.md")

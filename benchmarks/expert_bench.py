@@ -95,7 +95,7 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write and not args.tiny:
-        from expertmesh.bench.markdown import replace_section
+        from benchmarks.mesh.markdown import replace_section
 
         replace_section(ROOT / "BENCHMARKS.md", "expert-bench", body)
 

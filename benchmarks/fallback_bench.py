@@ -118,7 +118,7 @@ def main() -> None:
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     results["date"] = dt.date.today().isoformat()
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    from expertmesh.bench.markdown import replace_section
+    from benchmarks.mesh.markdown import replace_section
 
     replace_section(ROOT / "BENCHMARKS.md", "fallback-bench", render(results))
     log(f"wrote {work / 'results.json'} and the fallback-bench section of BENCHMARKS.md")

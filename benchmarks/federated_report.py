@@ -113,6 +113,6 @@ def render(results: dict, *, tiny: bool) -> str:
 
 
 def write_section(path: Path, results: dict, *, tiny: bool = False) -> None:
-    from expertmesh.bench.markdown import replace_section
+    from benchmarks.mesh.markdown import replace_section
 
     replace_section(path, SECTION, render(results, tiny=tiny))

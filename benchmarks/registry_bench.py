@@ -266,7 +266,7 @@ def main() -> None:
               "request fall with size; list/get/poll do not depend on package size."]
     print("\n".join(lines))
     if not args.no_write:
-        from expertmesh.bench.markdown import replace_section
+        from benchmarks.mesh.markdown import replace_section
 
         replace_section(Path(args.markdown), SECTION, "\n".join(lines))
         print(f"wrote the {SECTION} section of {args.markdown}")

@@ -141,7 +141,7 @@ class ServerProcess:
     def __init__(self, args, base_dir: Path, comp: Path, experts: Path, top_k: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "expertmesh.cli.main", "serve", "--composition", str(comp), "--experts",
+        cmd = [sys.executable, "-m", "cli.main", "serve", "--composition", str(comp), "--experts",
                str(experts), "--base", str(base_dir), "--host", "127.0.0.1", "--port", str(self.port),
                "--max-batch", str(args.max_batch), "--top-k", str(top_k), "--max-context", "1024",
                "--threads", str(args.threads),
@@ -352,7 +352,7 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps({"rows": rows, "experts": record, "args": vars(args)}, indent=2))
     print(text)
     if not args.tiny and not args.no_write:
-        from expertmesh.bench.markdown import replace_section
+        from benchmarks.mesh.markdown import replace_section
 
         replace_section(ROOT / "BENCHMARKS.md", "serving-bench", text)
         log("wrote the serving-bench section of BENCHMARKS.md")

@@ -1,6 +1,6 @@
 from click.testing import CliRunner
 
-from expertmesh.cli.main import cli
+from cli.main import cli
 
 
 def test_demo_tiny_runs_end_to_end(tmp_path):

@@ -8,7 +8,8 @@
     engine.py       Engine: continuous batching (rows join and leave at every step, each with its own expert
                     mask), live withdrawal, composition swaps, streaming events
     watcher.py      Watcher: polls the registry revision (ETag) and hands withdrawals / new versions to the engine
-    app.py          create_app(settings, engine): /v1/models, /v1/completions, /v1/chat/completions, health, metrics
+
+The HTTP app over it (FastAPI, pydantic, Prometheus) is the top-level package ``serving/``.
 
 Live opt-out, documented bound: a withdrawal in the registry is seen by the watcher within one poll
 interval (``poll_interval_s``, default 0.5 s, at most 1 s) plus one HTTP round trip; the engine applies it

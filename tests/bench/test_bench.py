@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from expertmesh.bench import preset, run_bench
+    from benchmarks.mesh import preset, run_bench
 
     out = tmp_path_factory.mktemp("bench")
     md = out / "BENCHMARKS.md"
@@ -21,7 +21,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_json_has_every_method_and_domain(tiny_run):
-    from expertmesh.bench import METHODS
+    from benchmarks.mesh import METHODS
 
     out, _ = tiny_run
     res = json.loads((out / "run" / "results.json").read_text())
@@ -59,7 +59,7 @@ def test_markdown_and_plots_written(tiny_run):
             assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](pub/{f})" in md
     # a second render replaces the section instead of appending
-    from expertmesh.bench.harness import update_benchmarks_md
+    from benchmarks.mesh.harness import update_benchmarks_md
 
     update_benchmarks_md(out / "BENCHMARKS.md", "replaced")
     md2 = (out / "BENCHMARKS.md").read_text()
@@ -67,7 +67,7 @@ def test_markdown_and_plots_written(tiny_run):
 
 
 def test_reuse_uses_cached_experts(tiny_run, tmp_path):
-    from expertmesh.bench import preset, run_bench
+    from benchmarks.mesh import preset, run_bench
 
     out, _ = tiny_run
     res = run_bench(preset("tiny", out=str(out / "run"), reuse=True, scaling_sizes=[1]), log=lambda m: None)
@@ -75,7 +75,7 @@ def test_reuse_uses_cached_experts(tiny_run, tmp_path):
 
 
 def test_cli_help():
-    from expertmesh.cli.main import cli
+    from cli.main import cli
 
     r = CliRunner().invoke(cli, ["bench", "--help"])
     assert r.exit_code == 0
@@ -84,7 +84,7 @@ def test_cli_help():
 
 
 def test_render_from_results(tiny_run):
-    from expertmesh.cli.main import cli
+    from cli.main import cli
 
     out, _ = tiny_run
     md = out / "again.md"

@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from expertmesh.cli.main import cli
+from cli.main import cli
 
 
 @pytest.mark.parametrize("args", [["compose"], ["compose", "build"], ["compose", "inspect"], ["compose", "eval"],

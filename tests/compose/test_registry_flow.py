@@ -27,7 +27,7 @@ def test_build_from_registry_and_serve_with_a_withdrawal(registry, tiny_experts,
     from click.testing import CliRunner
 
     from clients.registry_client import RegistryClient
-    from expertmesh.cli.main import cli
+    from cli.main import cli
     from expertmesh.compose.remote import load_remote_runtime
 
     url, token = registry

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from expertmesh.cli.main import cli
+from cli.main import cli
 
 
 @pytest.mark.parametrize("args", [["data"], ["data", "build"], ["data", "import"], ["data", "ls"]])

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from tests.registry.conftest import ADMIN_TOKEN, make_expert_package
 
-from expertmesh.cli.main import cli
+from cli.main import cli
 
 COMMANDS = [["registry"], ["registry", "serve"], ["registry", "migrate"], ["registry", "create-owner"],
             ["registry", "create-token"], ["registry", "revoke-token"], ["registry", "audit"], ["login"],

@@ -139,7 +139,7 @@ def test_migrations_match_the_models(db_url):
 
 def test_core_library_imports_no_web_or_sql():
     code = ("import sys, expertmesh, expertmesh.errors, expertmesh.validate, expertmesh.fileio, "
-            "expertmesh.expert.manifest, expertmesh.cli.main, registry.archive; "
+            "expertmesh.expert.manifest, cli.main, registry.archive; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('fastapi', 'sqlalchemy', 'starlette', 'uvicorn', "
             "'alembic')]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -156,7 +156,7 @@ class LiveServer:
 @pytest.fixture
 def make_app(make_comp):
     """make_app(**settings) -> (app, engine); the app's lifespan starts and stops the engine."""
-    from expertmesh.serving.app import create_app
+    from serving.app import create_app
     from expertmesh.serving.engine import Engine
     from expertmesh.serving.settings import ServeSettings
 

@@ -6,7 +6,7 @@ import shutil
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from expertmesh.cli.main import cli
+from cli.main import cli
 
 
 def test_serve_help():
@@ -28,8 +28,8 @@ def test_serve_errors_are_one_line(tmp_path, monkeypatch):
 
 def test_local_directory_mode(tmp_path, serving_experts, tiny_base_dir):
     from expertmesh.compose import build_composition
-    from expertmesh.serving.app import create_app
-    from expertmesh.serving.launch import build_server
+    from serving.app import create_app
+    from serving.launch import build_server
     from expertmesh.serving.settings import ServeSettings
 
     for name, d in serving_experts.items():

@@ -145,8 +145,8 @@ def _publish_composition(owner, name, dirs, versions, out):
 def test_withdrawal_and_new_version_through_the_registry(registry, serving_experts, tiny_base_dir, tmp_path):
     from clients.registry_client import RegistryClient
     from expertmesh.base import load_base
-    from expertmesh.serving.app import create_app
-    from expertmesh.serving.launch import build_server
+    from serving.app import create_app
+    from serving.launch import build_server
     from expertmesh.serving.settings import ServeSettings
 
     url, owner, reader = registry

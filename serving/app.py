@@ -9,7 +9,7 @@ Streaming is server-sent events exactly as the openai client reads them (openai_
 Every error leaves through ``error_response``: one mapping from the error tree to a status and the body
 ``{"error": {"code", "message", "detail"}}`` (request-validation and routing errors included).
 
-Run it: ``expertmesh serve --composition NAME|DIR`` (see expertmesh/cli/serve.py).
+Run it: ``expertmesh serve --composition NAME|DIR`` (see cli/serve.py).
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ from expertmesh.errors import (
 )
 from expertmesh.serving.engine import Engine
 from expertmesh.serving.errors import ModelNotFoundError, NotReadyError, OverloadedError, RequestTimeoutError
-from expertmesh.serving.metrics import ServingMetrics
-from expertmesh.serving.openai_format import ChatFormat, CompletionFormat, serve_requests
 from expertmesh.serving.requests import GenerationRequest
 from expertmesh.serving.sampling import SamplingParams
-from expertmesh.serving.schemas import ChatCompletionRequest, CompletionRequest, _Common
 from expertmesh.serving.settings import ServeSettings
+from serving.metrics import ServingMetrics
+from serving.openai_format import ChatFormat, CompletionFormat, serve_requests
+from serving.schemas import ChatCompletionRequest, CompletionRequest, _Common
 
 log = logging.getLogger("expertmesh.serving")
 

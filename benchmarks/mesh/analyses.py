@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from expertmesh.bench.methods import Context
+from benchmarks.mesh.methods import Context
 
 
 def opt_out_exactness(ctx: Context, top_k: int = 2) -> dict:

@@ -7,13 +7,13 @@
 method in ``METHODS`` (a registry of name -> function; a method whose part has not landed in this build is
 recorded as not available, never faked), and writes ``results.json``, PNG plots and the BENCHMARKS.md section.
 """
-from expertmesh.bench.config import BenchConfig, preset
-from expertmesh.bench.methods import METHODS, MethodUnavailable
+from benchmarks.mesh.config import BenchConfig, preset
+from benchmarks.mesh.methods import METHODS, MethodUnavailable
 
 __all__ = ["BenchConfig", "METHODS", "MethodUnavailable", "preset", "run_bench"]
 
 
 def run_bench(cfg: BenchConfig, **kw):
-    from expertmesh.bench.harness import run_bench as _run
+    from benchmarks.mesh.harness import run_bench as _run
 
     return _run(cfg, **kw)

@@ -109,7 +109,7 @@ def _f(v, nd=3):
 
 
 def render_markdown(results: dict, plot_dir: Path | str, plot_prefix: str | None = None) -> str:
-    from expertmesh.bench.config import EXPECTED_TIME
+    from benchmarks.mesh.config import EXPECTED_TIME
 
     cfg = results["config"]
     m = results["machine"]

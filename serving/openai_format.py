@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from expertmesh.errors import ExpertMeshError
 from expertmesh.serving.errors import RequestTimeoutError
 from expertmesh.serving.requests import Event, GenerationRequest
-from expertmesh.serving.schemas import _Common
+from serving.schemas import _Common
 
 
 class State:

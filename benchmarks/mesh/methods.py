@@ -246,8 +246,8 @@ def m_btm(ctx: Context):
 @method("central-pooled-lora", "upper-bound", "one LoRA trained centrally on the pooled data of all expert domains "
                                               "(same total token budget as all experts together)")
 def m_central(ctx: Context):
-    from expertmesh.bench.data import write_pooled
-    from expertmesh.bench.experts import get_expert
+    from benchmarks.mesh.data import write_pooled
+    from benchmarks.mesh.experts import get_expert
     from expertmesh.mixture.lora_io import load_expert
 
     cfg = ctx.cfg
@@ -265,4 +265,4 @@ def m_central(ctx: Context):
 
 
 # Methods from the other parts register themselves (guarded) here.
-from expertmesh.bench import external as _external  # noqa: E402,F401
+from benchmarks.mesh import external as _external  # noqa: E402,F401

@@ -52,9 +52,9 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
 
     import uvicorn
 
-    from expertmesh.serving.app import create_app
-    from expertmesh.serving.launch import build_server
     from expertmesh.serving.settings import ServeSettings
+    from serving.app import create_app
+    from serving.launch import build_server, needs_registry
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServeSettings.from_env(
@@ -63,11 +63,18 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
         max_resident_experts=max_resident_experts, max_context=max_context, max_tokens_limit=max_tokens_limit,
         default_max_tokens=min(128, max_tokens_limit), poll_interval_s=poll_interval_s, top_k=top_k,
         threads=threads, api_key=api_key)
-    engine, watcher = build_server(settings, experts_dir=experts_dir, cache_dir=cache_dir)
+    client = _registry_client(settings) if needs_registry(settings) else None
+    engine, watcher = build_server(settings, experts_dir=experts_dir, cache_dir=cache_dir, client=client)
     comp = engine.comp
     click.echo(f"serving {comp.name} (version {comp.version}, members {comp.members}) on http://{host}:{port}/v1",
                err=True)
     uvicorn.run(create_app(settings, engine, watcher=watcher), host=host, port=port, log_level=log_level)
+
+
+def _registry_client(settings):
+    from clients.registry_client import RegistryClient
+
+    return RegistryClient.from_config(settings.registry_url, settings.registry_token, timeout=30.0)
 
 
 def register(group: click.Group) -> None:

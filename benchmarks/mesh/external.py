@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from expertmesh.bench.methods import Context, MethodUnavailable, method
+from benchmarks.mesh.methods import Context, MethodUnavailable, method
 
 
 def _need(module: str):
@@ -22,7 +22,7 @@ def _peft_merge(ctx: Context, combination_type: str, **kw) -> dict[str, float]:
     import torch
 
     from expertmesh.base import load_base
-    from expertmesh.bench.methods import loss_of
+    from benchmarks.mesh.methods import loss_of
 
     try:
         from peft import PeftModel
@@ -50,7 +50,7 @@ def _peft_merge(ctx: Context, combination_type: str, **kw) -> dict[str, float]:
 def m_ties(ctx: Context):
     import torch
 
-    from expertmesh.bench.methods import loss_of
+    from benchmarks.mesh.methods import loss_of
 
     rank = max(e.rank for e in ctx.experts)
     try:
@@ -72,7 +72,7 @@ def m_ties(ctx: Context):
 
 def _owner_blocks(ctx: Context, max_blocks: int = 64) -> dict:
     """Each owner's own training blocks (never pooled for the federated methods)."""
-    from expertmesh.bench.data import read_texts
+    from benchmarks.mesh.data import read_texts
     from expertmesh.expert.blocks import pack_blocks
 
     return {d: pack_blocks(ctx.base.tokenizer, read_texts(ctx.corpora[d] / "train.jsonl"), ctx.cfg.seq_len,
@@ -113,7 +113,7 @@ def _budget(ctx: Context) -> tuple[int, int]:
 def m_tuned(ctx: Context):
     import torch
 
-    from expertmesh.bench.methods import loss_of
+    from benchmarks.mesh.methods import loss_of
 
     task = _need("router_training.task")
     config = _need("router_training.config")
@@ -180,8 +180,8 @@ def m_fedavg(ctx: Context):
     import torch
 
     from expertmesh.base import load_base
-    from expertmesh.bench.experts import lora_targets
-    from expertmesh.bench.methods import loss_of
+    from benchmarks.mesh.experts import lora_targets
+    from benchmarks.mesh.methods import loss_of
 
     fl = _need("router_training.fedavg_lora")
     config = _need("router_training.config")

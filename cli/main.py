@@ -1,6 +1,6 @@
 """``expertmesh``: the command line of the platform.
 
-Every module in ``expertmesh/cli/`` that defines ``register(group)`` adds its commands here, so a command
+Every module in ``cli/`` that defines ``register(group)`` adds its commands here, so a command
 group lives in one file. Library errors surface as one ``error: ...`` line and exit status 1; heavy imports
 (torch, transformers) happen inside the commands so ``--help`` stays fast.
 """
@@ -43,11 +43,11 @@ def cli() -> None:
 
 
 def _register_all() -> None:
-    pkg = importlib.import_module("expertmesh.cli")
+    pkg = importlib.import_module("cli")
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if info.name in {"main"} or info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"expertmesh.cli.{info.name}")
+        module = importlib.import_module(f"cli.{info.name}")
         if hasattr(module, "register"):
             module.register(cli)
 

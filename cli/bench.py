@@ -38,10 +38,10 @@ def bench(mode, tiny, out, domains, expert_domains, reuse, base, markdown, publi
 
     Example: nice -n 5 expertmesh bench --quick --out runs/bench
     """
-    from expertmesh.bench import preset, run_bench
+    from benchmarks.mesh import preset, run_bench
 
     if from_results:
-        from expertmesh.bench.harness import render_from_results
+        from benchmarks.mesh.harness import render_from_results
 
         res = render_from_results(from_results, markdown_path=markdown or ("BENCHMARKS.md" if not tiny else None),
                                   publish_dir=publish_dir or (None if tiny else "benchmarks/mesh-bench"))

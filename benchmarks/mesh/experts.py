@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from expertmesh.bench.config import BenchConfig
+from benchmarks.mesh.config import BenchConfig
 
 
 def _file_digest(path: Path) -> str:

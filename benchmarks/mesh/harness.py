@@ -12,8 +12,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from expertmesh.bench.config import BenchConfig
-from expertmesh.bench.markdown import replace_section
+from benchmarks.mesh.config import BenchConfig
+from benchmarks.mesh.markdown import replace_section
 
 COMPOSITIONS = ["domain-router-k1", "domain-router-k2", "retriever-top1", "retriever-top2-gate", "uniform-merge",
                 "ties-merge", "btm-ensemble", "federated-tuned-router", "mot", "fedavg-lora"]
@@ -56,11 +56,11 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
     import torch
 
     from expertmesh.base import load_base
-    from expertmesh.bench import analyses
-    from expertmesh.bench.data import build_corpora, read_texts, write_tiny_corpora
-    from expertmesh.bench.experts import get_expert
-    from expertmesh.bench.methods import METHODS, Context, MethodUnavailable
-    from expertmesh.bench.report import render_markdown, write_plots
+    from benchmarks.mesh import analyses
+    from benchmarks.mesh.data import build_corpora, read_texts, write_tiny_corpora
+    from benchmarks.mesh.experts import get_expert
+    from benchmarks.mesh.methods import METHODS, Context, MethodUnavailable
+    from benchmarks.mesh.report import render_markdown, write_plots
     from expertmesh.expert.blocks import pack_blocks
     from expertmesh.mixture.lora_io import load_expert
 
@@ -206,7 +206,7 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
 
 def publish(results: dict, out: Path, *, markdown_path=None, publish_dir=None) -> None:
     """Plots are in ``out``; copy them (and results.json) to ``publish_dir`` and replace the markdown section."""
-    from expertmesh.bench.report import render_markdown
+    from benchmarks.mesh.report import render_markdown
 
     md = Path(markdown_path) if markdown_path else out / "BENCHMARKS.md"
     plot_home = out
@@ -225,7 +225,7 @@ def publish(results: dict, out: Path, *, markdown_path=None, publish_dir=None) -
 
 def render_from_results(results_json: str | Path, *, markdown_path=None, publish_dir=None) -> dict:
     """Re-draw the plots and the markdown section from an earlier run's results.json (no model is loaded)."""
-    from expertmesh.bench.report import write_plots
+    from benchmarks.mesh.report import write_plots
 
     path = Path(results_json)
     results = json.loads(path.read_text())
