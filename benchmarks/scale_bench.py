@@ -60,7 +60,7 @@ def setup(args):
 
     work = Path(args.work)
     if args.tiny:
-        from expertmesh.bench.data import write_tiny_corpora
+        from benchmarks.mesh.data import write_tiny_corpora
         from expertmesh.testing import make_tiny_base
 
         spec = str(make_tiny_base(work / "tiny-base"))

@@ -80,7 +80,7 @@ def main() -> None:
     work = ROOT / "runs" / "train-speed"
     base_spec, data = None, args.data
     if args.tiny:
-        from expertmesh.bench.data import write_tiny_corpora
+        from benchmarks.mesh.data import write_tiny_corpora
         from expertmesh.testing import make_tiny_base
 
         base_spec = str(make_tiny_base(work / "tiny-base"))
