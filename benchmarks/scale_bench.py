@@ -35,7 +35,9 @@ def log(msg: str) -> None:
 
 def _args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["quality", "cost", "all"], default="all")
+    ap.add_argument("--part", choices=["train", "quality", "cost", "all"], default="all",
+                    help="train: only fill the expert cache (with --shard, several processes share the work)")
+    ap.add_argument("--shard", default="0/1", help="train: I/K trains experts I, I+K, I+2K, ... of the order")
     ap.add_argument("--tiny", action="store_true", help="config-built model and synthetic corpora (seconds)")
     ap.add_argument("--n", default="4,16,64", help="quality: numbers of real experts")
     ap.add_argument("--cost-n", default="4,16,64,256,1024", help="cost: numbers of experts")
@@ -116,6 +118,16 @@ def run_quality(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], 
     return rows, details
 
 
+def run_train(args, base, base_spec, corpora, uncovered) -> None:
+    """Fill the expert cache for the largest N (this shard's share): quality and cost then train nothing."""
+    import scale_quality as q
+
+    i, k = (int(x) for x in args.shard.split("/"))
+    order = q.domain_order([d for d in corpora if d not in uncovered])[:max(int(n) for n in args.n.split(","))]
+    cfgs = train_configs(args, corpora, order, base_spec, Path(args.work))[i::k]
+    q.train_all(cfgs, base, Path(args.work) / "experts", log)
+
+
 def run_cost(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], dict]:
     import scale_cost as c
     import scale_quality as q
@@ -153,6 +165,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     base, base_spec, corpora, uncovered = setup(args)
+    if args.part == "train":
+        run_train(args, base, base_spec, corpora, uncovered)
+        return
     rows, details = [], {}
     details_path = out / "details.json"
     if details_path.is_file():

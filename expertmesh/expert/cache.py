@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 from pathlib import Path
 
 from expertmesh.errors import DataError
@@ -45,5 +46,7 @@ def cached_train(cfg, cache_dir: str | Path, *, base, progress: bool = False) ->
     if (out / "manifest.json").is_file():
         return out, True
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*"):      # a killed run's partial package or checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
     train_expert(dataclasses.replace(cfg, out=str(out), overwrite=True, resume=False), base=base, progress=progress)
     return out, False

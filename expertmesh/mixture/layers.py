@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from expertmesh.mixture.sparse import pools_from_factors, selected_delta
+from expertmesh.mixture.sparse import pools_from_factors, selected_delta, write_slot
 
 
 class MixtureLinear(nn.Module):
@@ -41,11 +41,27 @@ class MixtureLinear(nn.Module):
         self._stacked = None
         self._pools = None
 
+    def set_pool(self, slots: int, rank: int) -> None:
+        """Serve from a fixed pool of ``slots`` experts of rank <= ``rank`` (resident set): allocated once,
+        filled in place by ``write_slot``, so loading an expert copies that expert only."""
+        self.factors = [None] * slots
+        self._stacked = None
+        self._pools = (torch.zeros(slots, rank, self.base.in_features),
+                       torch.zeros(slots, self.base.out_features, rank))
+
+    def write_slot(self, j: int, factor: tuple[torch.Tensor, torch.Tensor, float] | None) -> None:
+        write_slot(*self._pools, j, factor)
+        self._stacked = None
+
+    @property
+    def pool_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._pools) if self._pools is not None else 0
+
     def _live(self) -> bool:
         return any(f is not None and (f[0].requires_grad or f[1].requires_grad) for f in self.factors)
 
     def _pooled(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self._pools is None and any(f is not None for f in self.factors):
+        if self._pools is None and any(f is not None for f in self.factors):   # not a pool: built from factors
             self._pools = pools_from_factors(self.factors, self.base.in_features, self.base.out_features)
         return self._pools
 

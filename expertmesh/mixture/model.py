@@ -173,7 +173,9 @@ class ComposedModel(nn.Module):
     # -- set-up ---------------------------------------------------------------------------------------
     def _install(self, dropout: float) -> None:
         linears = adaptable_modules(self.base_model)
-        paths = sorted({p for e in self.experts for p in e.lora})
+        # A lazily loaded expert (weights=False: empty ``lora``) adapts the modules its manifest names.
+        paths = sorted({p for e in self.experts for p in (
+            e.lora or (resolve_targets(self.base_model, e.manifest.lora.target_modules) if e.manifest else []))})
         unknown = [p for p in paths if p not in linears]
         if unknown:
             raise ConfigError(f"experts adapt modules the base does not have: {unknown[:3]}")

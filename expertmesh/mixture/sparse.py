@@ -70,16 +70,28 @@ def selected_delta_reference(x, w, a_pool, b_pool) -> torch.Tensor:
     return out
 
 
-def pools_from_factors(factors: list, in_features: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pools_from_factors(factors: list, in_features: int, out_features: int,
+                       rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(A [K, r, in], B [K, out, r] * scaling) from per-slot (A, B, scaling) or None; lower ranks and absent
-    modules are zero-padded (exact zeros, so they change no output)."""
+    modules are zero-padded (exact zeros, so they change no output). None when no slot holds factors."""
     present = [f for f in factors if f is not None]
-    r = max(a.shape[0] for a, _, _ in present)
+    r = rank or max((a.shape[0] for a, _, _ in present), default=0)
+    if not r:
+        return None
     a_pool = torch.zeros(len(factors), r, in_features)
     b_pool = torch.zeros(len(factors), out_features, r)
     for j, f in enumerate(factors):
-        if f is not None:
-            a, b, scaling = f
-            a_pool[j, :a.shape[0]] = a.detach()
-            b_pool[j, :, :b.shape[1]] = b.detach() * scaling
+        write_slot(a_pool, b_pool, j, f)
     return a_pool, b_pool
+
+
+def write_slot(a_pool: torch.Tensor, b_pool: torch.Tensor, j: int, factor) -> None:
+    """Put one expert's (A, B, scaling) into slot j in place (None: zeros, an empty slot or an unadapted module)."""
+    a_pool[j].zero_()
+    b_pool[j].zero_()
+    if factor is not None:
+        a, b, scaling = factor
+        if a.shape[0] > a_pool.shape[1]:
+            raise ValueError(f"rank {a.shape[0]} does not fit a pool of rank {a_pool.shape[1]}")
+        a_pool[j, :a.shape[0]] = a.detach()
+        b_pool[j, :, :b.shape[1]] = b.detach() * scaling

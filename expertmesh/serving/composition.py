@@ -65,6 +65,14 @@ class ServedComposition:
         return list(self.runtime.member_names)
 
     @property
+    def max_experts_per_request(self) -> int:
+        """The most members one request can use: the retriever's top-m when it narrows, else every member."""
+        spec = self.runtime.spec
+        if spec.selection != "token" and spec.top_m:
+            return min(int(spec.top_m), len(self.members))
+        return len(self.members)
+
+    @property
     def top_k(self) -> int:
         return int(self.model.router.top_k)
 
@@ -146,7 +154,7 @@ def load_served(composition_dir: str | Path, expert_dirs, base, *, name: str | N
 
     spec, _ = read_composition(composition_dir)
     dirs = resolve_expert_dirs(spec.member_names, expert_dirs)
-    runtime = CompositionRuntime.load(composition_dir, dirs, base, missing=missing)
+    runtime = CompositionRuntime.load(composition_dir, dirs, base, missing=missing, lazy=True)
     return ServedComposition(runtime, name=name, version=version if version is not None else
                              (str(spec.version) if spec.version else None), expert_dirs=dirs,
                              info={"source": str(composition_dir), "load_notes": list(runtime.notes)})

@@ -208,7 +208,8 @@ class Engine:
             comp.set_top_k(self.settings.top_k)
         loader = package_loader(comp.expert_dirs, comp.fingerprint) if set(comp.members) <= set(comp.expert_dirs) \
             else None
-        self.resident = ResidentSet(comp.model, self.settings.max_resident_experts, loader)
+        self.resident = ResidentSet(comp.model, self.settings.max_resident_experts, loader,
+                                    budget_mb=self.settings.resident_budget_mb, max_needed=comp.max_experts_per_request)
         self.comp = comp
         self._pad_id = comp.tokenizer.pad_token_id if comp.tokenizer.pad_token_id is not None else 0
         self._eos = comp.eos_ids()
@@ -241,6 +242,12 @@ class Engine:
                 with self._cv:
                     self._pending.appendleft(handle)
                 break
+            try:                               # load its experts now: a bad package fails this request only
+                self.resident.ensure((needed | plan.allowed) - self._effective_withdrawn())
+            except ExpertMeshError as e:
+                self.counters["expert_load_errors"] += 1
+                handle.emit(Event("error", error=e))
+                continue
             needed |= plan.allowed
             joined.append(_Row(handle, plan, self.comp))
         if joined:
