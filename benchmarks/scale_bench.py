@@ -39,7 +39,8 @@ def _args():
                     help="train: only fill the expert cache (with --shard, several processes share the work)")
     ap.add_argument("--shard", default="0/1", help="train: I/K trains experts I, I+K, I+2K, ... of the order")
     ap.add_argument("--tiny", action="store_true", help="config-built model and synthetic corpora (seconds)")
-    ap.add_argument("--n", default="4,16,64", help="quality: numbers of real experts")
+    ap.add_argument("--n", default="4,16,64", help="quality: numbers of real (trained) experts")
+    ap.add_argument("--routing-n", default="4,16,64", help="quality: N for routing accuracy from pilots alone")
     ap.add_argument("--cost-n", default="4,16,64,256,1024", help="cost: numbers of experts")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -48,7 +49,7 @@ def _args():
     ap.add_argument("--max-docs", type=int, default=40)
     ap.add_argument("--eval-blocks", type=int, default=2)
     ap.add_argument("--passages", type=int, default=8, help="held-out passages per domain for routing accuracy")
-    ap.add_argument("--budget-mb", type=float, default=64.0, help="cost: resident LoRA memory budget")
+    ap.add_argument("--budget-mb", type=float, default=128.0, help="cost: resident LoRA memory budget")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default=str(ROOT / "runs" / "scale"))
     ap.add_argument("--out", default=str(OUT))
@@ -104,13 +105,28 @@ def run_quality(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], 
                                    work / "experts", log)
     blocks = q.heldout_blocks(base, corpora, args.seq_len, args.eval_blocks)
     passages = q.heldout_passages(corpora, args.passages)
-    rows, details, memo = [], {"train": train_info, "order": order[:max(ns)], "uncovered": uncovered}, {}
+    routing_ns = [min(int(n), len(order)) for n in args.routing_n.split(",")]
+    routing = q.pilot_routing(corpora, order, routing_ns, passages, log=log)
+    rows, details, memo = [], {"train": train_info, "order": order[:max(ns + routing_ns)],
+                               "uncovered": uncovered}, {}
     for n in ns:
         ev = q.evaluate_n(base, dirs, order[:n], uncovered, blocks, passages, log, memo)
         row = q.summarise(n, ev)
-        details[f"n{n}"] = {**row.pop("details"), "confusion": ev["confusion"].tolist(), "members": order[:n]}
+        details[f"n{n}"] = {**row.pop("details"), "routing_packages_confusion": ev["confusion"].tolist(),
+                            "members": order[:n]}
         rows.append({"real": True, **row})
         log(f"[scale] N={n}: {row}")
+    for n in routing_ns:                  # routing from the pilots, for every N (one method for all rows)
+        r = next((x for x in rows if x["n_experts"] == n), None)
+        if r is None:
+            r = {"n_experts": n, "real": False}
+            rows.append(r)
+        r["routing_top1"], r["routing_top3"] = routing[n]["top1"], routing[n]["top3"]
+        details.setdefault(f"n{n}", {}).update(
+            {"routing_by_domain": routing[n]["per_domain"], "confusion": routing[n]["confusion"],
+             "members": routing[n]["members"], "routing_method": "retriever over each owner's 8 pilots "
+             "(k-means of <= 256 embedded training passages), held-out passages as queries"})
+    rows.sort(key=lambda x: x["n_experts"])
     details["quality_seconds"] = round(time.perf_counter() - t0, 1)
     details["budget"] = {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
                          "tokens_per_expert": args.steps * args.batch_size * args.seq_len, "rank": args.rank,
@@ -132,12 +148,22 @@ def run_cost(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], dic
     import scale_cost as c
     import scale_quality as q
 
+    from expertmesh.expert.cache import cache_key
+
     work = Path(args.work)
     order = q.domain_order([d for d in corpora if d not in uncovered])
     ns = [int(n) for n in args.cost_n.split(",")]
-    real = min(max(ns), len(order))
-    dirs, _ = q.train_all(train_configs(args, corpora, order[:real], base_spec, work), base, work / "experts", log)
-    return c.run_cost(base, [dirs[d] for d in order[:real]], ns, work / "derived", args.budget_mb, log)
+    # the real experts already in the cache (a prefix of the order); beyond them members are derived
+    real = []
+    for cfg in train_configs(args, corpora, order[:max(ns)], base_spec, work):
+        path = work / "experts" / cache_key(cfg, base.fingerprint)
+        if not (path / "manifest.json").is_file():
+            break
+        real.append(path)
+    if not real:
+        raise SystemExit("error: no cached real experts; run --part train or --part quality first")
+    return c.run_cost(base_spec, real, ns, work / "cost", args.budget_mb, log,
+                      corpora={d: corpora[d] for d in order})
 
 
 def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
@@ -159,7 +185,8 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     torch.set_num_threads(args.threads or (1 if load0 > 0.75 * (os.cpu_count() or 1) else os.cpu_count() or 1))
     if args.tiny:
-        args.n, args.cost_n, args.steps, args.batch_size, args.seq_len = "2,3", "2,3,8", 2, 2, 32
+        args.n, args.routing_n, args.cost_n = "2,3", "2,3", "2,3,8"
+        args.steps, args.batch_size, args.seq_len = 2, 2, 32
         args.eval_blocks, args.passages, args.budget_mb = 1, 2, 0.05
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -167,3 +167,40 @@ def summarise(n: int, ev: dict) -> dict:
                     "routing_by_domain": routing,
                     "loss_by_domain": {d: {k: round(v, 4) for k, v in row.items()} for d, row in pd.items()}},
     }
+
+
+def pilot_routing(corpora: dict[str, Path], order: list[str], ns: list[int], passages: dict[str, list[str]],
+                  *, num_pilots: int = 8, limit: int = 256, seed: int = 0, log=print) -> dict:
+    """Retriever routing accuracy from the owners' pilots alone (what each package's signature carries:
+    k-means centroids of the embedded training passages, as train_expert makes them, here from at most
+    ``limit`` passages per domain), for every N in ``ns`` over the prefix ``order[:N]``. Needs no trained
+    LoRA, so it reaches N=64 where training 64 experts did not fit the time."""
+    from expertmesh.compose.selector import PilotIndex
+    from expertmesh.corpora.records import load_texts
+    from expertmesh.embedder import get_embedder
+    from expertmesh.expert.signature import passages as split_passages, pilot_embeddings
+
+    emb = get_embedder(None)
+    top = max(ns)
+    pilots = {}
+    for i, d in enumerate(order[:top]):
+        pilots[d] = pilot_embeddings(emb.embed(split_passages(load_texts(corpora[d]), limit=limit)), num_pilots, seed)
+        if (i + 1) % 16 == 0:
+            log(f"[scale] pilots {i + 1}/{top}")
+    queries = {d: emb.embed(passages[d]) for d in order[:top]}
+    out = {}
+    for n in ns:
+        names = order[:n]
+        index = PilotIndex(np.concatenate([pilots[d] for d in names]),
+                           np.concatenate([np.full(len(pilots[d]), j) for j, d in enumerate(names)]), n)
+        conf = np.zeros((n, n), dtype=np.int64)
+        per = {}
+        for i, d in enumerate(names):
+            rank = np.argsort(-index.scores(queries[d]), axis=1, kind="stable")
+            per[d] = {"top1": float(np.mean(rank[:, 0] == i)), "top3": float(np.mean((rank[:, :3] == i).any(1))),
+                      "passages": len(queries[d])}
+            np.add.at(conf[i], rank[:, 0], 1)
+        out[n] = {"per_domain": per, "confusion": conf.tolist(), "members": names,
+                  "top1": round(float(np.mean([p["top1"] for p in per.values()])), 4),
+                  "top3": round(float(np.mean([p["top3"] for p in per.values()])), 4)}
+    return out

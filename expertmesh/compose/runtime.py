@@ -133,7 +133,8 @@ class CompositionRuntime:
         return get_embedder(self.spec.embedder).embed(texts)
 
     def plan(self, prompts: list[str], *, include=None, exclude=None, tags=None, exclude_tags=None, licences=None,
-             withdrawn: Iterable[str] = frozenset(), embeddings=None, selection: str | None = None) -> RoutingPlan:
+             withdrawn: Iterable[str] = frozenset(), embeddings=None, selection: str | None = None,
+             check_names: bool = True) -> RoutingPlan:
         """Routing plan for a batch of prompts (the prompt is embedded once, only if the retriever runs).
 
         include/exclude: member names (unknown names raise UnknownExpertError); tags: keep members carrying any
@@ -144,7 +145,8 @@ class CompositionRuntime:
             prompts = [prompts]
         return make_plan(self.spec, list(prompts), index=self._index, embed=self.embed, embeddings=embeddings,
                          withdrawn=self.withdrawn | set(withdrawn), include=include, exclude=exclude, tags=tags,
-                         exclude_tags=exclude_tags, licences=licences, selection=selection)
+                         exclude_tags=exclude_tags, licences=licences, selection=selection,
+                         check_names=check_names)
 
     def _default_plan(self, input_ids: torch.Tensor) -> RoutingPlan:
         prompts = self.base.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
