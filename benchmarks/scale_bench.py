@@ -197,8 +197,6 @@ def main() -> None:
         return
     rows, details = [], {}
     details_path = out / "details.json"
-    if details_path.is_file():
-        details = json.loads(details_path.read_text())
     parts = ["quality", "cost"] if args.part == "all" else [args.part]
     for part in parts:
         t_part = time.perf_counter()
@@ -209,6 +207,8 @@ def main() -> None:
                          "torch_threads": torch.get_num_threads(),
                          "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                          "command": "python benchmarks/scale_bench.py " + " ".join(sys.argv[1:])}
+    # read what another part's run wrote only now (the two parts may run at the same time)
+    details = {**(json.loads(details_path.read_text()) if details_path.is_file() else {}), **details}
     results = {"format": "expertmesh-scale/1", "rows": merge_rows(out / "results.json", rows)}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     details_path.write_text(json.dumps(details, indent=1) + "\n")
