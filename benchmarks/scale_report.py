@@ -107,6 +107,19 @@ def render(results: dict, details: dict, rel: str) -> str:
                   f"{tr.get('train_seconds')} s. Held-out: {b['eval_blocks']} blocks of {b['seq_len']} tokens per "
                   f"domain, {b['passages_per_domain']} passages per domain for routing. Uncovered domains (no "
                   f"expert at any N): {', '.join(q.get('uncovered', []))}."]
+    ts_path = Path(__file__).resolve().parent / "scale-bench" / "train_speed.json"
+    if ts_path.is_file():
+        ts = json.loads(ts_path.read_text())
+        lines += [""] + [f"Owner training vs forward scoring (`{ts['command']}`, load {ts['load_average_1min']}): "
+                         f"batch {r['batch']} x {r['seq_len']}: train {r['train_tokens_per_s']} tok/s, forward "
+                         f"{r['forward_tokens_per_s']} tok/s, ratio {r['ratio']} (FLOP limit ~0.33). "
+                         f"{ts.get('note', '')}" for r in ts["rows"]]
+    if q.get("train"):
+        tr = q["train"]
+        lines += ["", f"Bench cost: each expert's training loop took {tr.get('loop_seconds_per_expert')} s on "
+                  f"average ({tr.get('loop_tokens_per_s_mean')} tok/s), plus its signature (mean hidden states, "
+                  "pilots); wall time per expert on the shared machine was 95-660 s (see the run log). Warm (all "
+                  f"experts cached) the quality part took {q.get('seconds')} s; cold adds the training."]
     lines += ["", f"Results: [`results.json`]({rel}/results.json) (per-domain figures in "
               f"[`details.json`]({rel}/details.json)).", "",
               "| N | real | routing top-1 | top-3 | composed/oracle | uncovered Δ (nats) | tok/s b1 | tok/s b16 | "
