@@ -106,7 +106,8 @@ def run_quality(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], 
     loops = [json.loads((p / "manifest.json").read_text())["training"] for p in dirs.values()]
     train_info["loop_seconds_per_expert"] = round(sum(t["seconds_this_run"] for t in loops) / len(loops), 1)
     train_info["loop_tokens_per_s_mean"] = round(sum(t["tokens_per_second"] or 0 for t in loops) / len(loops), 1)
-    blocks = q.heldout_blocks(base, corpora, args.seq_len, args.eval_blocks)
+    blocks = q.heldout_blocks(base, {d: corpora[d] for d in order[:max(ns)] + uncovered}, args.seq_len,
+                              args.eval_blocks)
     passages = q.heldout_passages(corpora, args.passages)
     routing_ns = [min(int(n), len(order)) for n in args.routing_n.split(",")]
     routing = q.pilot_routing(corpora, order, routing_ns, passages, log=log)
