@@ -187,7 +187,7 @@ def pilot_routing(corpora: dict[str, Path], order: list[str], ns: list[int], pas
         pilots[d] = pilot_embeddings(emb.embed(split_passages(load_texts(corpora[d]), limit=limit)), num_pilots, seed)
         if (i + 1) % 16 == 0:
             log(f"[scale] pilots {i + 1}/{top}")
-    queries = {d: emb.embed(passages[d]) for d in order[:top]}
+    queries = {d: emb.embed(passages[d]) for d in order[:top] if passages[d]}    # (a tiny held-out doc: none)
     out = {}
     for n in ns:
         names = order[:n]
@@ -196,11 +196,14 @@ def pilot_routing(corpora: dict[str, Path], order: list[str], ns: list[int], pas
         conf = np.zeros((n, n), dtype=np.int64)
         per = {}
         for i, d in enumerate(names):
+            if d not in queries:
+                continue
             rank = np.argsort(-index.scores(queries[d]), axis=1, kind="stable")
             per[d] = {"top1": float(np.mean(rank[:, 0] == i)), "top3": float(np.mean((rank[:, :3] == i).any(1))),
                       "passages": len(queries[d])}
             np.add.at(conf[i], rank[:, 0], 1)
         out[n] = {"per_domain": per, "confusion": conf.tolist(), "members": names,
+                  "no_heldout_passages": [d for d in names if d not in queries],
                   "top1": round(float(np.mean([p["top1"] for p in per.values()])), 4),
                   "top3": round(float(np.mean([p["top3"] for p in per.values()])), 4)}
     return out
