@@ -165,7 +165,7 @@ def main() -> None:
 
     from expertmesh.base import load_base
     from expertmesh.compose import CompositionRuntime, build_composition
-    from expertmesh.compose.baselines import MergedModel, domain_posterior, merge_experts
+    from expertmesh.compose.baselines import MergedModel, domain_posterior, merge_experts, mix_logprobs
     from expertmesh.corpora.records import load_texts
     from expertmesh.expert.blocks import pack_blocks
 
@@ -223,7 +223,7 @@ def main() -> None:
         post = domain_posterior(rt, prompts[d])                                   # [n, N]
         posts[d] = post
         lps = torch.stack([ev.lp[f"expert {j} alone"][d] for j in names], 0)      # [N, n, T-1]
-        mix = torch.logsumexp(lps + torch.log(post.t().clamp_min(1e-30))[..., None], 0)
+        mix = mix_logprobs(lps, torch.log(post.t().clamp_min(1e-30))[..., None])
         ev.losses["BTM ensemble (retriever posterior)"][d] = round(-float(mix.mean()), 4)
     ev.seconds["BTM ensemble (retriever posterior)"] = round(time.perf_counter() - t0, 1)
     routing["retriever posterior P(expert | prompt) (rows: true domain)"] = {

@@ -228,7 +228,7 @@ def main() -> None:
     from expertmesh.compose.build import build_composition
     from router_training.central import train_central
     from router_training.client_app import OwnerSetup
-    from router_training.mot_train import read_mot_config
+    from expertmesh.compose.routers.mot.artifact import read_mot_config
     from router_training.server_app import ServerSetup
     from router_training.simulate import simulate
 

@@ -49,9 +49,11 @@ def _open_runtime(composition: str, experts_dir: str | None, base_spec: str | No
 
     from expertmesh.compose.remote import load_remote_runtime
 
-    name, _, version = composition.partition("@")
+    from expertmesh.validate import split_ref
+
+    name, version = split_ref(composition)
     with RegistryClient.from_config() as reg:
-        return load_remote_runtime(reg, name, int(version) if version else None, base=base)
+        return load_remote_runtime(reg, name, version, base=base)
 
 
 @click.group()

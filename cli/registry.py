@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from expertmesh.validate import split_ref
+
 _SCOPES = click.Choice(["read", "publish", "coordinate", "admin"])
 
 
@@ -34,17 +36,6 @@ def _echo_json(obj: Any) -> None:
 
     data = [conv(o) for o in obj] if isinstance(obj, list) else conv(obj)
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def _split_ref(ref: str) -> tuple[str, int | None]:
-    from expertmesh.errors import InvalidInputError
-
-    name, _, version = ref.partition("@")
-    if not version:
-        return name, None
-    if not version.isdigit() or int(version) < 1:
-        raise InvalidInputError(f"{ref!r}: the version after '@' must be a number >= 1")
-    return name, int(version)
 
 
 _db_opts = [
@@ -272,7 +263,7 @@ def show_cmd(ref, as_json) -> None:  # noqa: ANN001
 
     Example: expertmesh show law-expert@2
     """
-    name, version = _split_ref(ref)
+    name, version = split_ref(ref)
     with _client() as c:
         obj = c.get_version(name, version) if version else c.show(name)
     if as_json:
@@ -299,7 +290,7 @@ def pull_cmd(ref, out, overwrite) -> None:  # noqa: ANN001
 
     Example: expertmesh pull law-expert@2 -o experts/law
     """
-    name, version = _split_ref(ref)
+    name, version = split_ref(ref)
     with _client() as c:
         path = c.pull(name, version or "latest", out, overwrite=overwrite)
     click.echo(f"pulled {name} into {path}")
@@ -312,7 +303,7 @@ def _status_cmd(withdraw: bool) -> click.Command:
     @click.argument("ref")
     @click.option("--reason", required=True, help="Why (recorded in the audit log and the change feed).")
     def cmd(ref, reason) -> None:  # noqa: ANN001
-        name, version = _split_ref(ref)
+        name, version = split_ref(ref)
         with _client() as c:
             r = (c.withdraw if withdraw else c.restore)(name, reason, version)
         target = f"{name}@{version}" if version else name

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Iterator, Optional
 import httpx
 
 from expertmesh.errors import ConfigError, IntegrityError, RemoteError, error_from_body
-from expertmesh.fileio import atomic_directory, sha256_file
+from expertmesh.fileio import atomic_directory, sha256_file, write_json_atomic
 
 # --- typed results (field names are the JSON field names) --------------------------------------------------------
 
@@ -253,18 +253,7 @@ def save_login(url: str, token: str, path: Path | None = None) -> Path:
     path = path or config_path()
     data = load_config(path)
     data["registry"] = {"url": url.rstrip("/"), "token": token}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, data, mode=0o600)
     return path
 
 
@@ -277,12 +266,6 @@ def resolve_login(url: str | None = None, token: str | None = None) -> tuple[str
         raise ConfigError("no registry configured: run `expertmesh login URL --token TOKEN` or set "
                           "EXPERTMESH_REGISTRY_URL and EXPERTMESH_TOKEN")
     return url.rstrip("/"), token
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    """"name" -> (name, "latest"); "name@3" -> (name, "3")."""
-    name, _, version = ref.partition("@")
-    return name, version or "latest"
 
 
 # --- the client ---------------------------------------------------------------------------------------------------
@@ -366,7 +349,7 @@ class RegistryClient:
 
     # -- uploads --
     def _upload(self, path: str, directory: str | Path) -> dict[str, Any]:
-        from registry.archive import pack_directory   # stdlib-only module shared with the server
+        from expertmesh.archive import pack_directory   # stdlib-only module shared with the server
 
         with tempfile.TemporaryFile() as tmp:
             sha, size = pack_directory(directory, tmp)
@@ -420,18 +403,9 @@ class RegistryClient:
                 raise IntegrityError(f"downloaded package is {manifest.ref}, expected {name}@{info.version}")
         return dest
 
-    def download_archive(self, name: str, version: int | str, out: BinaryIO) -> int:
-        """Raw tar of a version into ``out``; returns bytes written (benchmarks; ``pull`` also verifies)."""
-        n = 0
-        with self._send("GET", f"/v1/experts/{name}/versions/{version}/archive", stream=True) as r:
-            for block in r.iter_bytes(1 << 20):
-                out.write(block)
-                n += len(block)
-        return n
-
     def _download(self, path: str, into: Path) -> str:
         """Stream a tar next to ``into``, unpack it safely there; return the X-Document-SHA256 header."""
-        from registry.archive import safe_extract
+        from expertmesh.archive import safe_extract
 
         with tempfile.NamedTemporaryFile(dir=into.parent, prefix=".download-", suffix=".tar") as tmp:
             with self._send("GET", path, stream=True) as r:

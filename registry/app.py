@@ -16,8 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertmesh.errors import (
-    AuthenticationError, BaseMismatchError, ConflictError, ExpertMeshError, ExpertWithdrawnError, IntegrityError,
-    InvalidInputError, NotFoundError, PackageError, PayloadTooLargeError, PermissionDeniedError, RemoteError,
+    ExpertMeshError, InternalError, InvalidInputError, MethodNotAllowedError, NotFoundError, status_for,
 )
 from registry.api import accounts, compositions, experts, feed
 from registry.context import Registry
@@ -26,30 +25,6 @@ from registry.settings import RegistrySettings
 from registry.store import ArtifactStore
 
 log = logging.getLogger("expertmesh.registry")
-
-# Most specific class first wins (looked up along the exception's MRO).
-STATUS_BY_ERROR: dict[type[ExpertMeshError], int] = {
-    PayloadTooLargeError: 413,
-    IntegrityError: 400,
-    BaseMismatchError: 422,
-    PackageError: 422,
-    InvalidInputError: 400,
-    AuthenticationError: 401,
-    PermissionDeniedError: 403,
-    NotFoundError: 404,
-    ConflictError: 409,
-    ExpertWithdrawnError: 410,
-    RemoteError: 502,
-    ExpertMeshError: 500,
-}
-
-
-def status_for(exc: ExpertMeshError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return 500
-
 
 def error_response(exc: ExpertMeshError) -> JSONResponse:
     status = status_for(exc)
@@ -77,8 +52,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             err: ExpertMeshError = NotFoundError("no such endpoint; see /openapi.json")
         elif exc.status_code == 405:
-            err = InvalidInputError("method not allowed on this endpoint; see /openapi.json")
-            err.code = "method_not_allowed"
+            err = MethodNotAllowedError("method not allowed on this endpoint; see /openapi.json")
         else:
             err = ExpertMeshError(str(exc.detail))
             err.code = f"http_{exc.status_code}"
@@ -87,8 +61,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in the registry")
-        err = ExpertMeshError(f"internal error ({type(exc).__name__}); see the registry log")
-        err.code = "internal_error"
+        err = InternalError(f"internal error ({type(exc).__name__}); see the registry log")
         return JSONResponse(err.to_body(), status_code=500)
 
 

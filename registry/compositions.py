@@ -8,7 +8,6 @@ that was withdrawn after the composition was stored.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ from expertmesh.errors import (
     BaseMismatchError, ExpertWithdrawnError, NotFoundError, PackageError, PermissionDeniedError, UnknownExpertError,
 )
 from expertmesh.expert.package import read_safetensors_header
+from expertmesh.fileio import read_package_json
 from registry import events
-from registry.archive import tar_size
+from expertmesh.archive import tar_size
 from registry.auth import COORDINATE, READ, Principal, valid_name
 from registry.context import Registry
 from registry.experts import BlobEntry, effective_status, parse_ref
@@ -40,13 +40,7 @@ MAX_MEMBERS = 1024
 
 def read_document(root: Path) -> dict[str, Any]:
     """Load and loosely check composition.json; return it without any ``version`` field."""
-    path = root / DOCUMENT_FILE
-    if not path.is_file():
-        raise PackageError(f"a composition needs {DOCUMENT_FILE}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PackageError(f"{DOCUMENT_FILE} is not valid UTF-8 JSON: {e}") from None
+    doc = read_package_json(root / DOCUMENT_FILE, f"a composition needs {DOCUMENT_FILE}")
     if not isinstance(doc, dict):
         raise PackageError(f"{DOCUMENT_FILE} must hold a JSON object")
     doc.pop("version", None)

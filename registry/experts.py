@@ -17,8 +17,9 @@ from expertmesh.errors import (
 )
 from expertmesh.expert.manifest import ALLOWED_FILES, MANIFEST_FILE
 from expertmesh.expert.package import verify_package
+from expertmesh.validate import parse_version
 from registry import events
-from registry.archive import tar_size
+from expertmesh.archive import tar_size
 from registry.auth import PUBLISH, READ, Principal, valid_name
 from registry.context import Registry
 from registry.models import ACTIVE, WITHDRAWN, Expert, ExpertFile, ExpertTag, ExpertVersion, Owner, utcnow
@@ -39,18 +40,7 @@ def effective_status(expert: Expert, version: ExpertVersion) -> tuple[str, str]:
     return ACTIVE, ""
 
 
-def parse_ref(ref: str | int | None) -> int | None:
-    """``None``/"latest" -> None (latest active version), else a version number >= 1."""
-    if ref is None or ref == "latest":
-        return None
-    try:
-        v = int(ref)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"version {ref!r} must be a number >= 1 or 'latest'", detail={"field": "version"}) \
-            from None
-    if v < 1:
-        raise InvalidInputError(f"version {v} must be >= 1", detail={"field": "version"})
-    return v
+parse_ref = parse_version   # one reading of a version reference, shared with the CLI (expertmesh.validate)
 
 
 # --- publish ---------------------------------------------------------------------------------------------------

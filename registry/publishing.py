@@ -25,7 +25,7 @@ from sqlalchemy import exists, or_, select
 
 from expertmesh.errors import IntegrityError, InvalidInputError, PayloadTooLargeError
 from expertmesh.fileio import sha256_file
-from registry.archive import safe_extract
+from expertmesh.archive import safe_extract
 from registry.context import Registry
 from registry.models import CompositionFile, CompositionVersion, ExpertFile, ExpertVersion
 

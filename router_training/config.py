@@ -10,18 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from expertmesh.errors import ConfigError
-from expertmesh.validate import check_choice, check_float, check_int
-
-
-def from_known_fields(cls, d: dict[str, Any] | None):
-    """``cls(**d)`` for a config dataclass, refusing fields it does not declare (a misspelt option must not
-    be silently ignored)."""
-    d = dict(d or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
-    return cls(**d)
+from expertmesh.validate import check_choice, check_float, check_int, from_known_fields
 
 
 @dataclass

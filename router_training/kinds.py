@@ -197,7 +197,7 @@ register_kind(Kind("router", build=lambda composed, options: composed, arrays=_r
 
 # -- mot --------------------------------------------------------------------------------------------------------
 def _mot_build(composed, options):
-    from router_training.mot import MoTConfig, MoTModel
+    from expertmesh.compose.routers.mot.model import MoTConfig, MoTModel
 
     torch.manual_seed(int(options.get("init_seed", 0)))   # every party builds the same initial MoT
     arch = {k: v for k, v in options.items() if k != "init_seed"}
@@ -217,13 +217,13 @@ def _mot_eval(model, blocks, cfg):
 
 
 def _mot_arrays(model):
-    from router_training.mot_train import mot_arrays
+    from expertmesh.compose.routers.mot.artifact import mot_arrays
 
     return mot_arrays(model)
 
 
 def _mot_set(model, arrays):
-    from router_training.mot_train import set_mot_arrays
+    from expertmesh.compose.routers.mot.artifact import set_mot_arrays
 
     set_mot_arrays(model, arrays)
 
@@ -238,7 +238,7 @@ def _mot_save(model, loaded, experts, run_dir, name, provenance):
     """``<run_dir>/mot`` (save_mot artifact) and ``<run_dir>/composition``: a ``mot`` composition of the same
     members carrying the trained selector + interaction layers."""
     from expertmesh.compose.build import build_composition
-    from router_training.mot_train import save_mot
+    from expertmesh.compose.routers.mot.artifact import save_mot
 
     runtime = loaded.runtime
     run_dir = Path(run_dir)

@@ -12,26 +12,21 @@ Cost per step: N forward (no grad) + 1 forward/backward; for N=3 about 2.5x one 
 
     stats = train_mot(mot, blocks, MoTTrainConfig(steps=20))
     print(evaluate_mot(mot, heldout_blocks))
+
+The model, its router type and its artifact (save_mot, read_mot_config) are core: expertmesh.compose.routers.mot.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from expertmesh.errors import ConfigError, PackageError
-from expertmesh.fileio import write_json_atomic
-from expertmesh.validate import check_choice, check_float, check_int
-from router_training.config import from_known_fields
-from router_training.mot import MoTConfig, MoTModel, _Ctx, lm_loss
-
-MOT_WEIGHTS_FILE = "mot.safetensors"
-MOT_CONFIG_FILE = "mot.json"
-MOT_FORMAT = "expertmesh-mot/1"
+from expertmesh.compose.routers.mot.model import MoTModel, _Ctx, lm_loss
+from expertmesh.errors import ConfigError
+from expertmesh.validate import check_choice, check_float, check_int, from_known_fields
 
 
 @dataclass
@@ -65,27 +60,6 @@ class MoTTrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "MoTTrainConfig":
         return from_known_fields(cls, d)
-
-
-# -- arrays that travel (FedAvg-able) ------------------------------------------------------------------------
-def mot_arrays(mot: MoTModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().clone().contiguous() for k, v in mot.state_dict().items()}
-
-
-def set_mot_arrays(mot: MoTModel, arrays: Mapping[str, torch.Tensor]) -> None:
-    own = mot.state_dict()
-    if set(own) != set(arrays):
-        raise ConfigError(f"MoT arrays do not match this MoT: missing {sorted(set(own) - set(arrays))[:3]}, "
-                          f"unexpected {sorted(set(arrays) - set(own))[:3]}")
-    bad = [k for k in own if tuple(own[k].shape) != tuple(arrays[k].shape)]
-    if bad:
-        raise ConfigError(f"MoT array {bad[0]} has shape {tuple(arrays[bad[0]].shape)}, expected "
-                          f"{tuple(own[bad[0]].shape)} (same experts and MoT config on both sides?)")
-    mot.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()})
-
-
-def num_parameters(mot: MoTModel) -> int:
-    return sum(p.numel() for p in mot.parameters())
 
 
 # -- training --------------------------------------------------------------------------------------------------
@@ -193,49 +167,3 @@ def evaluate_composed_from(composed, blocks: torch.Tensor, *, start: int, batch_
     finally:
         composed.train(was)
     return total / max(count, 1)
-
-
-# -- artifacts -------------------------------------------------------------------------------------------------
-def save_mot(out_dir: str | Path, mot: MoTModel, *, provenance: dict | None = None) -> None:
-    """Write mot.safetensors + mot.json (architecture, expert order, depths, provenance) into ``out_dir``."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(mot_arrays(mot), str(out_dir / MOT_WEIGHTS_FILE))
-    write_json_atomic(out_dir / MOT_CONFIG_FILE, {"format": MOT_FORMAT, "config": mot.cfg.to_dict(),
-                                                   "experts": mot.expert_names, "depths": mot.depths,
-                                                   "parameters": num_parameters(mot),
-                                                   "provenance": provenance or {}})
-
-
-def read_mot_config(path: str | Path) -> dict:
-    import json
-
-    path = Path(path)
-    f = path / MOT_CONFIG_FILE
-    if not f.is_file():
-        raise PackageError(f"{path} has no {MOT_CONFIG_FILE}; train one with `expertmesh federate mot-train`")
-    meta = json.loads(f.read_text())
-    if meta.get("format") != MOT_FORMAT:
-        raise PackageError(f"{f}: format {meta.get('format')!r} is not {MOT_FORMAT!r}")
-    return meta
-
-
-def mot_config_from_saved(config: dict) -> MoTConfig:
-    """A saved mot.json config; one written before ``streams`` existed was trained with LoRA-alone streams."""
-    return MoTConfig.from_dict({"streams": "lora", **config})
-
-
-def load_mot(path: str | Path, composed) -> MoTModel:
-    """Rebuild a saved MoT on a ComposedModel holding the same experts in the same order."""
-    from safetensors.torch import load_file
-
-    meta = read_mot_config(path)
-    if meta["experts"] != composed.expert_names:
-        raise PackageError(f"MoT at {path} was trained for experts {meta['experts']}, the composition has "
-                           f"{composed.expert_names}; retrain it (expertmesh federate mot-train)")
-    mot = MoTModel(composed, mot_config_from_saved(meta["config"]))
-    set_mot_arrays(mot, load_file(str(Path(path) / MOT_WEIGHTS_FILE)))
-    mot.eval()
-    return mot

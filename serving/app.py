@@ -25,11 +25,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from expertmesh.errors import (
-    AuthenticationError, ConflictError, ExpertMeshError, ExpertWithdrawnError, InvalidInputError, NotFoundError,
-    PayloadTooLargeError, PermissionDeniedError, RemoteError, UnknownExpertError,
+    AuthenticationError, ExpertMeshError, InternalError, InvalidInputError, MethodNotAllowedError, NotFoundError,
+    PayloadTooLargeError, status_for,
 )
 from expertmesh.serving.engine import Engine
-from expertmesh.serving.errors import ModelNotFoundError, NotReadyError, OverloadedError, RequestTimeoutError
+from expertmesh.serving.errors import ModelNotFoundError
 from expertmesh.serving.requests import GenerationRequest
 from expertmesh.serving.sampling import SamplingParams
 from expertmesh.serving.settings import ServeSettings
@@ -38,28 +38,6 @@ from serving.openai_format import ChatFormat, CompletionFormat, serve_requests
 from serving.schemas import ChatCompletionRequest, CompletionRequest, _Common
 
 log = logging.getLogger("expertmesh.serving")
-
-# Most specific class first wins (looked up along the exception's MRO).
-STATUS_BY_ERROR: dict[type[ExpertMeshError], int] = {
-    UnknownExpertError: 400,          # a request field naming no member: a bad request, not a missing URL
-    PayloadTooLargeError: 413,
-    InvalidInputError: 400,
-    AuthenticationError: 401,
-    PermissionDeniedError: 403,
-    NotFoundError: 404,
-    ConflictError: 409,
-    ExpertWithdrawnError: 410,
-    RemoteError: 502,
-    OverloadedError: 503,
-    NotReadyError: 503,
-    RequestTimeoutError: 504,
-    ExpertMeshError: 500,
-}
-
-
-def status_for(exc: ExpertMeshError) -> int:
-    return next((STATUS_BY_ERROR[c] for c in type(exc).__mro__ if c in STATUS_BY_ERROR), 500)
-
 
 def as_library_error(exc: Exception) -> ExpertMeshError:
     """Anything raised while serving, as an error of the one tree."""
@@ -82,18 +60,17 @@ def as_library_error(exc: Exception) -> ExpertMeshError:
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
             return NotFoundError("no such endpoint; see /docs")
+        if exc.status_code == 405:
+            return MethodNotAllowedError(str(exc.detail))
         err = InvalidInputError(str(exc.detail)) if exc.status_code < 500 else ExpertMeshError(str(exc.detail))
-        err.code = "method_not_allowed" if exc.status_code == 405 else f"http_{exc.status_code}"
-        err.status = exc.status_code
+        err.code, err.http_status = f"http_{exc.status_code}", exc.status_code    # the framework's own status
         return err
-    err = ExpertMeshError(f"internal error ({type(exc).__name__}); see the server log")
-    err.code = "internal_error"
-    return err
+    return InternalError(f"internal error ({type(exc).__name__}); see the server log")
 
 
 def error_response(exc: Exception) -> JSONResponse:
     err = as_library_error(exc)
-    status = getattr(err, "status", None) or status_for(err)
+    status = status_for(err)
     if status >= 500:
         log.error("serving error %s: %s", err.code, err.message, exc_info=not isinstance(exc, ExpertMeshError))
     headers = {"Retry-After": "1"} if status == 503 else None

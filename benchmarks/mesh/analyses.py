@@ -68,16 +68,10 @@ def router_scaling(sizes: list[int], *, pilots: int = 8, dim: int = 384, hidden:
     """Synthetic experts (random unit pilots, random router rows): build time of the retriever index and the
     per-request selection latency (faiss top pilots -> mean score per expert -> top-m candidates), plus the
     per-token, per-layer gate cost over the m candidates + public (retrieve) and over all N + 1 rows (domain)."""
-    import faiss
-
+    from expertmesh.compose.selector import PilotIndex, top_m
     from expertmesh.mixture.gate import gate_weights
 
-    try:
-        from expertmesh.compose.selector import PilotIndex as pilot_index, top_m as top_m_fn
-        impl = "expertmesh.compose.selector.PilotIndex (exact faiss over all pilots) + top_m"
-    except Exception:  # noqa: BLE001 - compose not in this build: the same recipe, inline
-        pilot_index = top_m_fn = None
-        impl = "inline faiss IndexFlatIP (expertmesh.compose.selector not in this build)"
+    impl = "expertmesh.compose.selector.PilotIndex (exact faiss over all pilots) + top_m"
     rng = np.random.default_rng(seed)
     rows = []
     for n in sizes:
@@ -89,21 +83,12 @@ def router_scaling(sizes: list[int], *, pilots: int = 8, dim: int = 384, hidden:
         t0 = time.perf_counter()
         P /= np.linalg.norm(P, axis=1, keepdims=True)
         router_rows = torch.from_numpy(rng.standard_normal((n, hidden)).astype(np.float32))
-        if pilot_index is not None:   # the project's own selector
-            pidx = pilot_index(P, owner, n)
-            build = time.perf_counter() - t0
+        pidx = PilotIndex(P, owner, n)
+        build = time.perf_counter() - t0
 
-            def select(qi):
-                return np.array(top_m_fn(pidx.scores(qi)[0], allowed, candidates))
-        else:
-            index = faiss.IndexFlatIP(dim)
-            index.add(P)
-            build = time.perf_counter() - t0
+        def select(qi):
+            return np.array(top_m(pidx.scores(qi)[0], allowed, candidates))
 
-            def select(qi):
-                sims, idx = index.search(qi, index.ntotal)
-                mean = np.bincount(owner[idx[0]], weights=sims[0], minlength=n) / pilots
-                return np.argsort(-mean, kind="stable")[:candidates]
         lat = []
         for i in range(queries):
             t0 = time.perf_counter()

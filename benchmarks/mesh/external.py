@@ -1,47 +1,9 @@
-"""Methods that need parts built elsewhere in the project (expertmesh.compose, router_training).
-
-Each is guarded: if the import fails or the part lacks what the method needs, the method raises
-MethodUnavailable with the reason and the results say 'not available in this build'.
+"""Methods built on the project's other parts: composition baselines (expertmesh.compose) and the federated
+trainers (router_training), imported directly: the bench is an app above both.
 """
 from __future__ import annotations
 
-import importlib
-
-from benchmarks.mesh.methods import Context, MethodUnavailable, method
-
-
-def _need(module: str):
-    try:
-        return importlib.import_module(module)
-    except Exception as e:  # noqa: BLE001 - any import failure means the part is not in this build
-        raise MethodUnavailable(f"not available in this build ({module}: {type(e).__name__}: {e})") from None
-
-
-def _peft_merge(ctx: Context, combination_type: str, **kw) -> dict[str, float]:
-    """Merge the expert packages with PEFT's add_weighted_adapter on a fresh copy of the base; plain LoRA, no gate."""
-    import torch
-
-    from expertmesh.base import load_base
-    from benchmarks.mesh.methods import loss_of
-
-    try:
-        from peft import PeftModel
-    except Exception as e:  # noqa: BLE001
-        raise MethodUnavailable(f"not available in this build (peft: {e})") from None
-    paths = ctx.extras["expert_paths"]
-    names = list(ctx.expert_domains)
-    fresh = load_base(ctx.base_spec).model
-    pm = PeftModel.from_pretrained(fresh, str(paths[names[0]]), adapter_name=names[0])
-    for n in names[1:]:
-        pm.load_adapter(str(paths[n]), adapter_name=n)
-    pm.add_weighted_adapter(names, [1.0] * len(names), "merged", combination_type=combination_type, **kw)
-    pm.set_adapter("merged")
-    pm.eval()
-    with torch.inference_mode():
-        out = {d: loss_of(ctx.token_logprobs(lambda ids: pm(input_ids=ids).logits, ctx.blocks[d]))
-               for d in ctx.eval_domains}
-    del pm, fresh
-    return out
+from benchmarks.mesh.methods import Context, method
 
 
 @method("ties-merge", "baseline", "TIES merge of the expert LoRAs (expertmesh.compose.baselines.merge_experts: "
@@ -52,12 +14,9 @@ def m_ties(ctx: Context):
 
     from benchmarks.mesh.methods import loss_of
 
+    from expertmesh.compose.baselines import MergedModel, merge_experts
+
     rank = max(e.rank for e in ctx.experts)
-    try:
-        from expertmesh.compose.baselines import MergedModel, merge_experts
-    except Exception:  # noqa: BLE001 - compose not in this build: the same PEFT call, inline
-        return {"ties-merge": {"losses": _peft_merge(ctx, "ties_svd", density=0.5, svd_rank=rank),
-                               "implementation": "inline PEFT"}}
     merged = merge_experts(ctx.base.model, {d: ctx.extras["expert_paths"][d] for d in ctx.expert_domains},
                            combination_type="ties_svd", weights=[1.0] * len(ctx.experts), density=0.5,
                            svd_rank=rank, name="ties")
@@ -115,8 +74,8 @@ def m_tuned(ctx: Context):
 
     from benchmarks.mesh.methods import loss_of
 
-    task = _need("router_training.task")
-    config = _need("router_training.config")
+    from router_training import config, task
+
     cfg = ctx.cfg
     rounds, steps = _budget(ctx)
     tc = config.TuneConfig(steps=steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
@@ -136,14 +95,15 @@ def m_tuned(ctx: Context):
                                        "history": history}}
 
 
-@method("mot", "federated", "Mixture-of-Thoughts (router_training.mot): selector + interaction layers over the "
+@method("mot", "federated", "Mixture-of-Thoughts (expertmesh.compose.routers.mot, trained by router_training): selector + interaction layers over the "
                             "frozen experts (gated streams), trained centrally on the owners' pooled blocks; "
                             "scored after the selector's prefix, see the like-for-like note")
 def m_mot(ctx: Context):
     import torch
 
-    mot_mod = _need("router_training.mot")
-    mt = _need("router_training.mot_train")
+    from expertmesh.compose.routers.mot import model as mot_mod
+    from router_training import mot_train as mt
+
     cfg = ctx.cfg
     owners = _owner_blocks(ctx)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -183,8 +143,9 @@ def m_fedavg(ctx: Context):
     from benchmarks.mesh.experts import lora_targets
     from benchmarks.mesh.methods import loss_of
 
-    fl = _need("router_training.fedavg_lora")
-    config = _need("router_training.config")
+    from router_training import config
+    from router_training import fedavg_lora as fl
+
     cfg = ctx.cfg
     rounds = {"tiny": 2, "quick": 4, "full": 6}[cfg.mode]
     local = max(1, cfg.steps // rounds)          # every owner trains about its expert's steps: same total budget

@@ -59,7 +59,7 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
     from benchmarks.mesh import analyses
     from benchmarks.mesh.data import build_corpora, read_texts, write_tiny_corpora
     from benchmarks.mesh.experts import get_expert
-    from benchmarks.mesh.methods import METHODS, Context, MethodUnavailable
+    from benchmarks.mesh.methods import METHODS, Context
     from benchmarks.mesh.report import render_markdown, write_plots
     from expertmesh.expert.blocks import pack_blocks
     from expertmesh.mixture.lora_io import load_expert
@@ -147,10 +147,6 @@ def run_bench(cfg: BenchConfig, *, command: str | None = None, log=print, markdo
             status[name] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 2),
                             "description": info.description, "group": info.group, "rows": list(got)}
             log(f"[bench] method {name}: ok ({status[name]['seconds']}s)")
-        except MethodUnavailable as e:
-            status[name] = {"status": "not available", "reason": str(e), "description": info.description,
-                            "group": info.group}
-            log(f"[bench] method {name}: {e}")
         except Exception as e:  # noqa: BLE001 - a failing method is reported, the others still run
             status[name] = {"status": "error", "reason": f"{type(e).__name__}: {e}", "description": info.description,
                             "group": info.group, "traceback": traceback.format_exc(limit=6)}

@@ -1,23 +1,17 @@
 """The methods table: a registry of method name -> function(ctx) -> {row name: {"losses": {domain: loss}, ...}}.
 
-A function raises ``MethodUnavailable(reason)`` when the part it needs is not in this build; the harness records
-that reason in the results instead of a number. Native methods use only the core library (base, experts,
-ComposedModel); methods from expertmesh.compose and router_training live in ``external.py`` and register here.
+A method that raises is recorded as an error with its reason (the others still run), never as a number. Native
+methods use only the core library (base, experts, ComposedModel); methods from expertmesh.compose and
+router_training live in ``external.py`` and register into the same table when it is imported (the package does).
 """
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-
-
-class MethodUnavailable(Exception):
-    """The method needs a part that is not available in this build (the reason is reported, not a number)."""
 
 
 @dataclass
@@ -235,10 +229,12 @@ def m_uniform(ctx: Context):
 @method("btm-ensemble", "baseline", "BTM output ensemble: p(x) = sum_j P(j|x) p_j(x), P(j|x) = softmax of the "
                                     "retriever score / 0.1 (native implementation)")
 def m_btm(ctx: Context):
+    from expertmesh.compose.baselines import mix_logprobs
+
     def f(d):
         w = torch.log_softmax(ctx.retriever_scores(d) / 0.1, -1)       # [n, N]
         lp = ctx.expert_lp(d)                                           # [N, n, T]
-        return loss_of(torch.logsumexp(lp + w.t()[..., None], 0))
+        return loss_of(mix_logprobs(lp, w.t()[..., None]))
     return {"btm-ensemble": {"losses": _per_domain(ctx, f)}}
 
 
@@ -263,6 +259,3 @@ def m_central(ctx: Context):
             losses[d] = loss_of(ctx.token_logprobs(lambda ids: cm(ids).logits, ctx.blocks[d]))
     return {"central-pooled-lora": {"losses": losses, "train_steps": steps}}
 
-
-# Methods from the other parts register themselves (guarded) here.
-from benchmarks.mesh import external as _external  # noqa: E402,F401

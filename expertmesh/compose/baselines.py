@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from expertmesh.errors import ConfigError, UnknownExpertError
+from expertmesh.errors import ConfigError, UnknownMemberError
 from expertmesh.mixture.lora_io import ExpertWeights
 
 
@@ -31,7 +31,7 @@ def oracle_plan(rt, prompts: list[str], domains: list[str], *, expert_for: dict[
         if name is None:
             name = d if d in rt.member_names else next((m.name for m in members if d in m.domain_tags), None)
         if name is None:
-            raise UnknownExpertError(f"no member of {rt.spec.ref} for domain {d!r}")
+            raise UnknownMemberError(f"no member of {rt.spec.ref} for domain {d!r}")
         pick.append(name)
     import dataclasses
 
@@ -122,6 +122,13 @@ def domain_posterior(rt, prompts: list[str], *, temperature: float | None = None
             z = torch.tensor([float(s[b, j]) for j in chosen]) / t
             out[b, chosen] = torch.softmax(z, 0)
     return out
+
+
+def mix_logprobs(logps: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """BTM's mixture in log space, log sum_j w_j p_j(x): ``logps`` [N, ...] holds expert j's log-probabilities in
+    row j, ``log_weights`` log w_j broadcastable to it (e.g. [N, B, 1] per request). The one formula the
+    benchmarks score; ``btm_logprobs`` computes the same sum one expert at a time, so it never holds N [B, T, V]."""
+    return torch.logsumexp(logps + log_weights, 0)
 
 
 def btm_logprobs(rt, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, posterior: torch.Tensor,

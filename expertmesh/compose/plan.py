@@ -17,7 +17,7 @@ import torch
 
 from expertmesh.compose.selector import PilotIndex, sequence_weights, top_m
 from expertmesh.compose.spec import CompositionSpec
-from expertmesh.errors import UnknownExpertError
+from expertmesh.errors import UnknownMemberError
 
 FALLBACK_NOTE = "all experts excluded: answered by the public base"
 
@@ -64,7 +64,7 @@ def _check_known(members: list[str], names: Iterable[str] | None, what: str) -> 
     names = list(names)
     unknown = [n for n in names if n not in members]
     if unknown:
-        raise UnknownExpertError(f"{what} names unknown expert(s) {unknown}; this composition has {members}",
+        raise UnknownMemberError(f"{what} names unknown expert(s) {unknown}; this composition has {members}",
                                  detail={"unknown": unknown, "members": members})
     return names
 

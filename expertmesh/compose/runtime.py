@@ -23,7 +23,7 @@ from expertmesh.compose.plan import RoutingPlan, make_plan
 from expertmesh.compose.routers import get_router
 from expertmesh.compose.selector import PilotIndex
 from expertmesh.compose.spec import CompositionSpec, expert_digest, read_composition
-from expertmesh.errors import BaseMismatchError, ConfigError, PackageError, UnknownExpertError
+from expertmesh.errors import BaseMismatchError, ConfigError, PackageError, UnknownMemberError
 
 
 @dataclass
@@ -112,7 +112,7 @@ class CompositionRuntime:
     def remove_member(self, name: str) -> None:
         """Drop a member's weights and rows for good (rebuilds the mixture on the same base)."""
         if name not in self.member_names:
-            raise UnknownExpertError(f"unknown expert {name!r}; this composition has {self.member_names}")
+            raise UnknownMemberError(f"unknown expert {name!r}; this composition has {self.member_names}")
         with self._lock:
             spec, tensors = drop_members(self.spec, self.tensors, [name], router=self.router)
             experts = [e for e in self.experts if e.name != name]
@@ -137,7 +137,7 @@ class CompositionRuntime:
              check_names: bool = True) -> RoutingPlan:
         """Routing plan for a batch of prompts (the prompt is embedded once, only if the retriever runs).
 
-        include/exclude: member names (unknown names raise UnknownExpertError); tags: keep members carrying any
+        include/exclude: member names (unknown names raise UnknownMemberError); tags: keep members carrying any
         of these domain tags; exclude_tags: drop members carrying any; licences: keep members whose licence is
         listed; withdrawn: extra owner-withdrawn names for this call; embeddings: precomputed prompt
         embeddings [B, e]; selection: override the composition's "token" | "sequence" | "both" for this call."""

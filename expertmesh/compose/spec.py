@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from expertmesh.errors import ConfigError, PackageError
-from expertmesh.validate import check_choice, check_float, check_int, check_name, check_str_list
+from expertmesh.validate import check_choice, check_float, check_int, check_known_fields, check_name, check_str_list
 
 FORMAT_VERSION = 1
 COMPOSITION_FILE = "composition.json"
@@ -164,10 +164,7 @@ class CompositionSpec:
     def from_dict(cls, data: Any) -> "CompositionSpec":
         if not isinstance(data, dict):
             raise PackageError(f"{COMPOSITION_FILE} must hold a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PackageError(f"{COMPOSITION_FILE} has unknown fields {unknown}")
+        check_known_fields(cls, data, what=COMPOSITION_FILE, error=PackageError)
         try:
             return cls(**data)
         except PackageError:
@@ -236,13 +233,10 @@ def write_composition(out_dir: str | Path, spec: CompositionSpec, tensors: dict[
 
 
 def read_spec(comp_dir: str | Path) -> CompositionSpec:
-    path = Path(comp_dir) / COMPOSITION_FILE
-    if not path.is_file():
-        raise PackageError(f"{comp_dir} is not a composition: {COMPOSITION_FILE} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PackageError(f"{COMPOSITION_FILE} is not valid UTF-8 JSON: {e}") from None
+    from expertmesh.fileio import read_package_json
+
+    data = read_package_json(Path(comp_dir) / COMPOSITION_FILE,
+                             f"{comp_dir} is not a composition: {COMPOSITION_FILE} is missing")
     return CompositionSpec.from_dict(data)
 
 

@@ -6,14 +6,12 @@ that names the file and the line (or byte offset) and says what is wrong.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from expertmesh.errors import DataError
+from expertmesh.fileio import atomic_file
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -79,21 +77,12 @@ def read_records(path: str | Path) -> list[dict]:
 
 def write_records(path: str | Path, records: Iterable[dict]) -> int:
     """Write records as JSONL atomically (complete file or none); returns the number written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for n, rec in enumerate(records, start=1):
-                _check_record(rec, f"record {n} for {path}")
-                f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
-                f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, newline="\n") as f:
+        for n, rec in enumerate(records, start=1):
+            _check_record(rec, f"record {n} for {path}")
+            f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
+            f.write("\n")
     return n
 
 

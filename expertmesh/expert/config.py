@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expertmesh.errors import ConfigError, DataError
+from expertmesh.errors import DataError
 from expertmesh.expert.manifest import LoraSpec
-from expertmesh.validate import check_choice, check_float, check_int, check_name, check_str_list
+from expertmesh.validate import check_choice, check_float, check_int, check_name, check_str_list, from_known_fields
 
 
 @dataclass
@@ -77,8 +77,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown train config fields {unknown}")
-        return cls(**d)
+        return from_known_fields(cls, d, what="train config")

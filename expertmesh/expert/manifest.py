@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expertmesh.errors import PackageError
-from expertmesh.validate import check_float, check_int, check_name, check_str_list
+from expertmesh.validate import check_float, check_int, check_known_fields, check_name, check_str_list
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -110,10 +110,7 @@ class ExpertManifest:
     def from_dict(cls, data: Any) -> "ExpertManifest":
         if not isinstance(data, dict):
             raise PackageError("manifest.json must hold a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PackageError(f"manifest.json has unknown fields {unknown}")
+        check_known_fields(cls, data, what="manifest.json", error=PackageError)
         try:
             d = dict(data)
             d["lora"] = LoraSpec(**d["lora"])

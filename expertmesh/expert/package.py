@@ -2,24 +2,25 @@
 
 ``verify_package`` is what the registry runs on upload and what every loader runs before touching weights:
 only the allowed files, every checksum as declared, safetensors headers that parse, tensor shapes that match
-the manifest. It never unpickles anything.
+the manifest. It never unpickles anything, and it needs only json and the safetensors header format: torch is
+imported by the functions that load or save tensors, so the registry verifies packages without torch installed.
 """
 from __future__ import annotations
 
 import json
 import struct
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from expertmesh.errors import BaseMismatchError, PackageError
 from expertmesh.expert.manifest import (
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, ALLOWED_FILES, MANIFEST_FILE, REQUIRED_FILES, SIGNATURE_FILE,
     ExpertManifest,
 )
-from expertmesh.fileio import sha256_file, write_json_atomic
+from expertmesh.fileio import read_package_json, sha256_file, write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024  # bytes; a larger header is a malformed or hostile file
 
@@ -44,13 +45,8 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 
 
 def read_manifest(package_dir: str | Path) -> ExpertManifest:
-    path = Path(package_dir) / MANIFEST_FILE
-    if not path.is_file():
-        raise PackageError(f"{package_dir} is not an expert package: {MANIFEST_FILE} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PackageError(f"{MANIFEST_FILE} is not valid UTF-8 JSON: {e}") from None
+    data = read_package_json(Path(package_dir) / MANIFEST_FILE,
+                             f"{package_dir} is not an expert package: {MANIFEST_FILE} is missing")
     return ExpertManifest.from_dict(data)
 
 
@@ -133,11 +129,15 @@ def _check_signature(path: Path, manifest: ExpertManifest) -> None:
 
 
 def load_signature(package_dir: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     tensors = load_file(str(Path(package_dir) / SIGNATURE_FILE))
     return {k: tensors[k].float() for k in SIGNATURE_KEYS}
 
 
 def save_signature(out_dir: Path, router_rows: torch.Tensor, anchor_rows: torch.Tensor, pilots: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
     save_file(
         {"router_rows": router_rows.detach().float().contiguous().cpu(),
          "anchor_rows": anchor_rows.detach().float().contiguous().cpu(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from expertmesh.errors import BaseMismatchError, PackageError
+from expertmesh.errors import PackageError
 from expertmesh.expert.manifest import ADAPTER_WEIGHTS_FILE, ExpertManifest, LoraSpec
 from expertmesh.expert.package import load_signature, verify_package, verify_weights
 
@@ -96,13 +96,3 @@ def load_lora(expert: ExpertWeights) -> dict[str, tuple[torch.Tensor, torch.Tens
     verify_weights(expert.package_dir, expert.manifest)
     return read_peft_adapter(expert.package_dir / ADAPTER_WEIGHTS_FILE)
 
-
-def check_same_base(experts: list[ExpertWeights], fingerprint: str | None) -> None:
-    for e in experts:
-        if e.manifest is None:
-            continue
-        if fingerprint is not None and e.manifest.base_fingerprint != fingerprint:
-            raise BaseMismatchError(
-                f"expert {e.name} was trained on base {e.manifest.base_fingerprint[:12]}, not on the base in use "
-                f"({fingerprint[:12]}); experts of different bases cannot be composed"
-            )

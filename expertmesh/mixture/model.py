@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from expertmesh.errors import ConfigError, UnknownExpertError
+from expertmesh.errors import ConfigError, UnknownMemberError
 from expertmesh.mixture.gate import gate_weights
 from expertmesh.mixture.layers import MixtureLinear
 from expertmesh.mixture.lora_io import ExpertWeights
@@ -220,7 +220,7 @@ class ComposedModel(nn.Module):
         known = set(self.expert_names)
         for name in (include or []) + (exclude or []):
             if name not in known:
-                raise UnknownExpertError(f"unknown expert {name!r}; this composition has {sorted(known)}")
+                raise UnknownMemberError(f"unknown expert {name!r}; this composition has {sorted(known)}")
         inc = set(include) if include is not None else known
         return torch.tensor([n in inc and n not in set(exclude or []) for n in self.expert_names], dtype=torch.bool)
 

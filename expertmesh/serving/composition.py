@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from expertmesh.errors import UnknownExpertError
+from expertmesh.errors import UnknownMemberError
 from expertmesh.serving.kvbatch import KVBatch
 
 
@@ -103,7 +103,7 @@ class ServedComposition:
         for field_name, names in (("include", sel.include or []), ("exclude", sel.exclude)):
             bad = [n for n in names if n not in known]
             if bad:
-                raise UnknownExpertError(
+                raise UnknownMemberError(
                     f"experts.{field_name} names unknown expert(s) {bad}; this composition has {sorted(known)}",
                     detail={"field": f"experts.{field_name}", "unknown": bad, "members": sorted(known)})
 

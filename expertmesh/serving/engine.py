@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from expertmesh.errors import ExpertMeshError
+from expertmesh.errors import ExpertMeshError, InternalError
 from expertmesh.serving.composition import RowPlan, ServedComposition
 from expertmesh.serving.errors import ContextLengthError, NotReadyError, OverloadedError
 from expertmesh.serving.kvbatch import KVBatch
@@ -194,10 +194,8 @@ class Engine:
                             self._cv.wait(0.25)
             except Exception as exc:    # never let one bad batch kill the server: fail its rows, go on
                 log.exception("engine step failed; failing %d running request(s)", len(self._rows))
-                err = exc if isinstance(exc, ExpertMeshError) else ExpertMeshError(
+                err = exc if isinstance(exc, ExpertMeshError) else InternalError(
                     f"internal error while generating ({type(exc).__name__}); see the server log")
-                if not isinstance(exc, ExpertMeshError):
-                    err.code = "internal_error"
                 for r in self._rows:
                     r.handle.emit(Event("error", error=err))
                 self._rows, self._batch = [], None
@@ -302,8 +300,7 @@ class Engine:
             batch, logits, trace = self.comp.batch_class.prefill(self.comp.model, [r.tokens for r in rows], self._mask(rows),
                                                    self._pad_id, self._fixed(rows))
         except Exception:                      # these rows are in no batch yet: tell them here
-            err = ExpertMeshError("internal error while reading the prompt; see the server log")
-            err.code = "internal_error"
+            err = InternalError("internal error while reading the prompt; see the server log")
             for r in rows:
                 r.handle.emit(Event("error", error=err))
             raise

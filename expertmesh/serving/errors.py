@@ -1,4 +1,4 @@
-"""Serving errors: subclasses in the one error tree (expertmesh.errors), mapped to HTTP once in app.py."""
+"""Serving errors: subclasses in the one error tree (expertmesh.errors), each with its HTTP status."""
 from __future__ import annotations
 
 from expertmesh.errors import ExpertMeshError, InvalidInputError, NotFoundError
@@ -18,12 +18,14 @@ class OverloadedError(ExpertMeshError):
     """The request queue is full; retry later (503 with Retry-After)."""
 
     code = "overloaded"
+    http_status = 503
 
 
 class NotReadyError(ExpertMeshError):
     """The engine is not running (starting, swapping a composition that failed, or stopped)."""
 
     code = "not_ready"
+    http_status = 503
 
 
 class ModelNotFoundError(NotFoundError):
@@ -32,3 +34,4 @@ class ModelNotFoundError(NotFoundError):
 
 class RequestTimeoutError(ExpertMeshError):
     code = "timeout"
+    http_status = 504

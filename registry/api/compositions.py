@@ -7,15 +7,11 @@ from fastapi.responses import StreamingResponse
 from registry import compositions as svc
 from registry.api.deps import PrincipalDep, RegistryDep
 from registry.api.experts import archive_response
+from expertmesh.validate import split_ref
 from registry.api.uploads import TAR_BODY, handle_upload
 from registry.schemas import CompositionPublishResult, CompositionSummary, CompositionVersionPublic
 
 router = APIRouter(prefix="/v1/compositions", tags=["compositions"])
-
-
-def _split(ref: str) -> tuple[str, str | None]:
-    name, _, version = ref.partition("@")
-    return name, (version or None)
 
 
 @router.post("/{name}/versions", response_model=CompositionPublishResult, status_code=201, openapi_extra=TAR_BODY,
@@ -37,7 +33,7 @@ def list_compositions(reg: RegistryDep, principal: PrincipalDep) -> list[Composi
 @router.get("/{ref}", response_model=CompositionVersionPublic)
 def get(ref: str, reg: RegistryDep, principal: PrincipalDep) -> CompositionVersionPublic:
     """``name`` (latest version) or ``name@version``; each member carries its current status."""
-    name, version = _split(ref)
+    name, version = split_ref(ref)
     return svc.get_composition(reg, principal, name, version)
 
 

@@ -10,7 +10,7 @@ from registry import experts as svc
 from registry.api.deps import PrincipalDep, RegistryDep
 from registry.api.uploads import TAR_BODY, handle_upload
 from expertmesh.errors import ExpertMeshError
-from registry.archive import iter_tar
+from expertmesh.archive import iter_tar
 from registry.models import ACTIVE
 from registry.store import ArtifactStore
 from registry.schemas import ExpertList, ExpertPublic, ExpertVersionPublic, PublishResult, StatusChangeRequest, \

@@ -9,9 +9,6 @@ import contextlib
 import io
 import json
 import os
-import socket
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,8 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from expertmesh.expert.manifest import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, ExpertManifest, LoraSpec, SignatureSpec
+from expertmesh.archive import pack_directory
 from expertmesh.expert.package import finalize_manifest, save_signature
-from registry.archive import pack_directory
+from tests.live_server import LiveServer, free_port  # noqa: F401  (tests import them from here)
 
 BASE_FP = "f" * 16 + "0123456789abcdef" * 3   # 64 hex chars, stands in for a real base fingerprint
 OTHER_FP = "e" * 64
@@ -229,37 +227,6 @@ def blobs_and_rows(registry) -> tuple[list[str], int, list[Path]]:
 
 
 # --- a real server ----------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn on 127.0.0.1 in a background thread of this process."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", timeout_keep_alive=30))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import tarfile
 from tests.registry.conftest import assert_error, make_expert_package
 
 from expertmesh.expert.package import verify_package
-from registry.archive import safe_extract
+from expertmesh.archive import safe_extract
 
 
 def test_publish_assigns_versions_and_is_idempotent(api, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from tests.registry.conftest import make_expert_package, pack, raw_tar
 
 from expertmesh.errors import ConfigError, IntegrityError, PackageError, PayloadTooLargeError
-from registry.archive import iter_tar, safe_extract, tar_size
+from expertmesh.archive import iter_tar, safe_extract, tar_size
 from registry.publishing import identity_of
 from registry.settings import RegistrySettings
 from registry.store import LocalArtifactStore
@@ -34,7 +34,7 @@ def test_pack_is_deterministic_and_standard(tmp_path):
 
 
 def test_pack_refuses_links_and_subdirectories(tmp_path):
-    from registry.archive import pack_directory
+    from expertmesh.archive import pack_directory
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "sub").mkdir()
@@ -139,7 +139,7 @@ def test_migrations_match_the_models(db_url):
 
 def test_core_library_imports_no_web_or_sql():
     code = ("import sys, expertmesh, expertmesh.errors, expertmesh.validate, expertmesh.fileio, "
-            "expertmesh.expert.manifest, cli.main, registry.archive; "
+            "expertmesh.expert.manifest, cli.main, expertmesh.archive; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('fastapi', 'sqlalchemy', 'starlette', 'uvicorn', "
             "'alembic')]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

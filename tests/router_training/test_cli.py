@@ -26,5 +26,5 @@ def test_federate_module_does_not_import_flower_at_import_time():
     import subprocess
     import sys
 
-    code = "import sys, cli.main, router_training.task, router_training.mot; print('flwr' in sys.modules)"
+    code = "import sys, cli.main, router_training.task, router_training.mot_train; print('flwr' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from expertmesh.errors import ConfigError
-from router_training.mot import MoTConfig, MoTModel, interaction_depths
-from router_training.mot_train import MoTTrainConfig, evaluate_mot, mot_arrays, num_parameters, train_mot
+from expertmesh.compose.routers.mot.model import MoTConfig, MoTModel, interaction_depths
+from expertmesh.compose.routers.mot.artifact import mot_arrays, num_parameters
+from router_training.mot_train import MoTTrainConfig, evaluate_mot, train_mot
 from router_training.task import pool_blocks
 from tests.router_training.conftest import DOMAINS, blocks_of, mean_loss
 
@@ -129,8 +130,8 @@ def test_mot_composition_loads_generates_and_drops_members_exactly(tmp_path, mot
 
 
 def test_stored_architecture_round_trips_streams_and_reads_older_mots_as_lora(mot, runtime):
-    from router_training.mot_router import ARCH_FIELDS, arch_tensor, mot_from_tensors, mot_tensors
-    from router_training.mot_train import mot_config_from_saved
+    from expertmesh.compose.routers.mot.router import ARCH_FIELDS, arch_tensor, mot_from_tensors, mot_tensors
+    from expertmesh.compose.routers.mot.artifact import mot_config_from_saved
 
     for streams in ("gated", "lora"):
         cfg = MoTConfig(**{**ARCH.to_dict(), "streams": streams})
@@ -167,7 +168,7 @@ def served_mot(tmp_path, mot, runtime, rt_experts, tiny_base_dir, tiny_corpora):
 
 
 def test_mot_batch_rows_of_any_mask_and_length_equal_each_row_alone(served_mot):
-    from router_training.mot_batch import MoTBatch
+    from expertmesh.compose.routers.mot.batch import MoTBatch
 
     model, pad = served_mot.model, served_mot.tokenizer.pad_token_id or 0
     assert served_mot.batch_class is MoTBatch

@@ -6,13 +6,12 @@ random non-zero B matrices make every expert change the logits (a trained tiny e
 """
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.live_server import LiveServer, free_port  # noqa: F401  (tests import them from here)
 
 MEMBERS = {   # name -> (target modules, rank, tags): different shapes on purpose (HDEE-style)
     "medicine": (["q_proj", "v_proj"], 4, ["medicine"]),
@@ -119,38 +118,6 @@ def collect(sink, timeout: float = 60.0):
         elif ev.kind == "error":
             raise ev.error
     return text, done
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn on 127.0.0.1 (a free port) in a background thread of this process."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ One module per router type, each registered once by name with ``@register_router
     domain    FlexOlmo: the members' trained router rows concatenated, no training     (routers/domain.py)
     retrieve  domain rows + RouterRetriever selection (faiss over pilots, then top-m)  (routers/retrieve.py)
     tuned     rows/bias from a federated router-tuning artifact                        (routers/tuned.py)
-    mot       Mixture-of-Thoughts, registered by router_training (external)
+    mot       Mixture-of-Thoughts: a selector + cross-expert interaction layers        (routers/mot/)
 
 The interface (subclass ``RouterType``; every method has a working default):
 
@@ -20,28 +20,17 @@ The interface (subclass ``RouterType``; every method has a working default):
         member exactly. Types with their own tensors must override it (the default refuses unknown keys).
     default_options: spec defaults (selection, top_m, top_k) used when the builder is not told otherwise.
 
-External registration, e.g. from router_training::
-
-    from expertmesh.compose.routers import RouterType, register_router
-
-    @register_router("mot")
-    class MoTRouter(RouterType): ...
-
-A composition whose type is not registered yet triggers one lazy import of ``router_training.<name>`` (then
-``expertmesh.compose.routers.<name>``), so a stored ``mot`` composition loads without the caller importing
-router_training first.
+A new type subclasses ``RouterType`` in its own module here, registers itself with
+``@register_router("<name>")`` and is added to ``_load_builtins``. The built-in modules are imported on first
+use (they import torch), so importing this package stays light.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 from expertmesh.errors import ConfigError
 
 _REGISTRY: dict[str, type["RouterType"]] = {}
-_BUILTIN = ("domain", "retrieve", "tuned")
-# Where a router type that is not registered yet is looked for (first hit wins).
-_LAZY_MODULES = ("expertmesh.compose.routers.{name}", "router_training.{name}")
 
 
 class RouterType:
@@ -133,29 +122,16 @@ def register_router(name: str) -> Callable[[type[RouterType]], type[RouterType]]
 
 
 def _load_builtins() -> None:
-    for name in _BUILTIN:
-        if name not in _REGISTRY:
-            importlib.import_module(f"expertmesh.compose.routers.{name}")
+    # Each module registers its type when imported.
+    from expertmesh.compose.routers import domain, mot, retrieve, tuned  # noqa: F401
 
 
-def _try_lazy(name: str) -> None:
-    for pattern in _LAZY_MODULES:
-        try:
-            importlib.import_module(pattern.format(name=name))
-        except ModuleNotFoundError:
-            continue
-        if name in _REGISTRY:
-            return
-
-
-def known_router_types(also: str | None = None) -> list[str]:
+def known_router_types() -> list[str]:
     _load_builtins()
-    if also is not None and also not in _REGISTRY:
-        _try_lazy(also)
     return sorted(_REGISTRY)
 
 
 def get_router(name: str) -> RouterType:
-    if name not in known_router_types(also=name):
+    if name not in known_router_types():
         raise ConfigError(f"router_type={name!r} is not a registered router type; choose from {sorted(_REGISTRY)}")
     return _REGISTRY[name]()

@@ -39,8 +39,7 @@ from torch import nn
 from expertmesh.errors import ConfigError
 from expertmesh.mixture.gate import normalise_hidden
 from expertmesh.mixture.model import decoder_layers
-from expertmesh.validate import check_choice, check_int
-from router_training.config import from_known_fields
+from expertmesh.validate import check_choice, check_int, from_known_fields
 
 STREAM_KINDS = ("lora", "gated")    # index = the code stored in a composition's mot.arch tensor
 
@@ -391,6 +390,3 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor, start: int = 0, reduction: 
     ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none").view(tgt.shape)
     return ce.mean(1) if reduction == "none" else ce.mean()
 
-
-# Register the composition router type "mot" (the runtime imports router_training.mot lazily for it).
-from router_training import mot_router  # noqa: E402,F401

@@ -6,9 +6,9 @@ initialise the selector) plus ``mot.arch`` (int64 codes of ARCH_FIELDS) and ``mo
     build_composition("clinic-mot", "experts/", "mot", base=base, out="compositions/clinic-mot", top_k=2,
                       mot=trained_mot_model)            # or artifact="runs/mot" (a save_mot directory)
 
-``CompositionRuntime.load`` imports this module lazily (router_training.mot registers it), so
+``mot`` is a built-in router type (expertmesh.compose.routers loads this package on first use), so
 ``expertmesh compose generate`` works on a stored ``mot`` composition, and ``expertmesh serve`` batches it with
-MoTBatch (router_training/mot_batch.py). The runtime model honours the
+MoTBatch (batch.py). The runtime model honours the
 ComposedModel contract (forward/generate with ``allowed``, ``last_trace``, ``close``); its trace reports the
 selector's weights over the active experts, constant across layers (MoT routes per request, not per token).
 A request that leaves no expert is answered by the public base, as with the other router types.
@@ -20,10 +20,13 @@ from pathlib import Path
 import torch
 
 from expertmesh.compose.routers import RouterType, register_router
+from expertmesh.compose.routers.mot.artifact import (
+    MOT_WEIGHTS_FILE, mot_config_from_saved, read_mot_config, set_mot_arrays,
+)
+from expertmesh.compose.routers.mot.batch import MoTBatch
+from expertmesh.compose.routers.mot.model import STREAM_KINDS, MoTConfig, MoTModel
 from expertmesh.errors import ConfigError
 from expertmesh.mixture.model import RoutingTrace
-from router_training.mot import STREAM_KINDS, MoTConfig, MoTModel
-from router_training.mot_batch import MoTBatch
 
 ARCH_FIELDS = ("top_k", "num_interaction", "latent_dim", "num_heads", "select_tokens", "selector_hidden",
                "include_public", "streams")
@@ -56,8 +59,6 @@ def mot_from_tensors(composed, tensors: dict[str, torch.Tensor], top_k: int | No
         cfg["top_k"] = int(top_k)
     mot = MoTModel(composed, MoTConfig(**cfg))
     state = {k[4:]: v for k, v in tensors.items() if k.startswith("mot.") and k != "mot.arch"}
-    from router_training.mot_train import set_mot_arrays
-
     set_mot_arrays(mot, state)
     mot.eval()
     return mot
@@ -197,8 +198,6 @@ class MoTRouter(RouterType):
             trained, order = mot_tensors(mot), mot.expert_names
         else:
             from safetensors.torch import load_file
-
-            from router_training.mot_train import MOT_WEIGHTS_FILE, mot_config_from_saved, read_mot_config
 
             meta = read_mot_config(artifact)
             arch = arch_tensor(mot_config_from_saved(meta["config"]))

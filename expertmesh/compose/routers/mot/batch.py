@@ -1,4 +1,4 @@
-"""MoTBatch: the serving engine's batch for a ``mot`` composition (same interface as expertmesh's KVBatch).
+"""MoTBatch: the serving engine's batch for a ``mot`` composition (same interface as serving's KVBatch).
 
 The engine's continuous batching needs rows that join and leave at every step. A MoT row runs K expert
 streams with cross-stream interaction, whose KV and latent caches do not fit KVBatch's one-stream layout, so

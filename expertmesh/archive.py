@@ -1,5 +1,6 @@
 """The wire format of packages: a deterministic, uncompressed tar of regular files. Standard library only,
-so the server and the client (``clients/registry_client.py``) share it without importing a web framework.
+so the registry and its client (``clients/registry_client.py``) share it from the core, neither importing the
+other.
 
 Packing: the names sorted, each a plain file name (no directories), mode 0644, uid/gid 0, mtime 0, USTAR
 headers; so the same package directory always gives the same bytes and the same sha256.
