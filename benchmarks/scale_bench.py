@@ -49,6 +49,7 @@ def _args():
     ap.add_argument("--max-docs", type=int, default=40)
     ap.add_argument("--eval-blocks", type=int, default=2)
     ap.add_argument("--passages", type=int, default=8, help="held-out passages per domain for routing accuracy")
+    ap.add_argument("--pilot-passages", type=int, default=256, help="training passages per domain for its pilots")
     ap.add_argument("--budget-mb", type=float, default=128.0, help="cost: resident LoRA memory budget")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default=str(ROOT / "runs" / "scale"))
@@ -110,7 +111,7 @@ def run_quality(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], 
                               args.eval_blocks)
     passages = q.heldout_passages(corpora, args.passages)
     routing_ns = [min(int(n), len(order)) for n in args.routing_n.split(",")]
-    routing = q.pilot_routing(corpora, order, routing_ns, passages, log=log)
+    routing = q.pilot_routing(corpora, order, routing_ns, passages, limit=args.pilot_passages, log=log)
     rows, details, memo = [], {"train": train_info, "order": order[:max(ns + routing_ns)],
                                "uncovered": uncovered}, {}
     for n in ns:
@@ -129,7 +130,7 @@ def run_quality(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], 
         details.setdefault(f"n{n}", {}).update(
             {"routing_by_domain": routing[n]["per_domain"], "confusion": routing[n]["confusion"],
              "members": routing[n]["members"], "routing_method": "retriever over each owner's 8 pilots "
-             "(k-means of <= 256 embedded training passages), held-out passages as queries"})
+             f"(k-means of <= {args.pilot_passages} embedded training passages), held-out passages as queries"})
     rows.sort(key=lambda x: x["n_experts"])
     details["quality_seconds"] = round(time.perf_counter() - t0, 1)
     details["budget"] = {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len,

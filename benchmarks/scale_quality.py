@@ -185,7 +185,7 @@ def pilot_routing(corpora: dict[str, Path], order: list[str], ns: list[int], pas
     pilots = {}
     for i, d in enumerate(order[:top]):
         pilots[d] = pilot_embeddings(emb.embed(split_passages(load_texts(corpora[d]), limit=limit)), num_pilots, seed)
-        if (i + 1) % 16 == 0:
+        if (i + 1) % 8 == 0:
             log(f"[scale] pilots {i + 1}/{top}")
     queries = {d: emb.embed(passages[d]) for d in order[:top] if passages[d]}    # (a tiny held-out doc: none)
     out = {}
