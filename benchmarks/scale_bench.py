@@ -109,9 +109,12 @@ def run_quality(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], 
     train_info["loop_tokens_per_s_mean"] = round(sum(t["tokens_per_second"] or 0 for t in loops) / len(loops), 1)
     blocks = q.heldout_blocks(base, {d: corpora[d] for d in order[:max(ns)] + uncovered}, args.seq_len,
                               args.eval_blocks)
-    passages = q.heldout_passages(corpora, args.passages)
-    routing_ns = [min(int(n), len(order)) for n in args.routing_n.split(",")]
-    routing = q.pilot_routing(corpora, order, routing_ns, passages, limit=args.pilot_passages, log=log)
+    passages = q.heldout_passages({d: corpora[d] for d in order[:max(ns + [int(n) for n in args.routing_n.split(",")
+                                                                            if n])] + uncovered}, args.passages)
+    # --routing-n "": routing from the trained packages' own pilots only (the N of --n)
+    routing_ns = [min(int(n), len(order)) for n in args.routing_n.split(",") if n]
+    routing = q.pilot_routing(corpora, order, routing_ns, passages, limit=args.pilot_passages, log=log) \
+        if routing_ns else {}
     rows, details, memo = [], {"train": train_info, "order": order[:max(ns + routing_ns)],
                                "uncovered": uncovered}, {}
     for n in ns:

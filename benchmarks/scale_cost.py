@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
-GEN_TOKENS = 12
+GEN_TOKENS = 8
 
 
 def derive_package(src: Path, dest: Path, name: str, seed: int) -> Path:
