@@ -148,7 +148,19 @@ def render(results: dict, details: dict, rel: str, out: Path = Path(".")) -> str
                          f"{v['oracle_over_base']} | {v['uncovered_delta_max_nats']} | "
                          f"{v['uncovered_delta_retrieve_nats']} |")
     if c:
-        lines += ["", c.get("note", "")]
+        lines += ["", c.get("note", ""), "", "| N | real | build s | load s | tok/s b1 | tok/s b16 | TTFT cold s | "
+                  "TTFT warm s | LoRA pool peak MB / budget | peak RSS MB |", "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for n, v in sorted(c.get("by_n", {}).items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {n} | {v['real']} | {v['build_s']} | {v['load_s']} | {v['tokens_per_s_b1']} | "
+                         f"{v['tokens_per_s_b16']} | {v['ttft_cold_s']} | {v['ttft_warm_s']} | "
+                         f"{v['resident_peak_mb']} / {v['budget_mb']} | {v['peak_rss_mb']} |")
+    first = details.get("cost_first_pass")
+    if first:
+        lines += ["", f"An earlier pass of the same cost measurement ({first.get('date')}, load "
+                  f"{first.get('load_average_1min')}) gave tok/s b1 / b16: " + ", ".join(
+                      f"N={n}: {v['tokens_per_s_b1']} / {v['tokens_per_s_b16']}"
+                      for n, v in sorted(first["by_n"].items(), key=lambda kv: int(kv[0]))) +
+                  ". The spread between passes is the shared machine's load changing, larger than any N effect."]
     vals = target_values(results, details)
     lines += ["", "Targets (met / MISSED, as measured):", ""]
     for text, key, ok in TARGETS:
