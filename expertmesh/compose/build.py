@@ -41,14 +41,16 @@ def expert_package_dirs(expert_dirs: dict[str, str | Path] | list[str | Path] | 
     return out
 
 
-def load_members(expert_dirs, base_fingerprint: str | None = None) -> list:
-    """Load and verify every member; all must share one base (BaseMismatchError names the odd one out)."""
+def load_members(expert_dirs, base_fingerprint: str | None = None, *, weights: bool = True) -> list:
+    """Load and verify every member; all must share one base (BaseMismatchError names the odd one out).
+    ``weights=False`` reads manifests and signatures only (the LoRA weights are not opened)."""
     from expertmesh.mixture.lora_io import load_expert
 
     dirs = expert_package_dirs(expert_dirs)
     if not dirs:
         raise ConfigError("a composition needs at least one expert")
-    experts = [load_expert(d, expected_fingerprint=base_fingerprint, name=n) for n, d in dirs.items()]
+    experts = [load_expert(d, expected_fingerprint=base_fingerprint, name=n, weights=weights)
+               for n, d in dirs.items()]
     fps = {e.manifest.base_fingerprint for e in experts}
     if len(fps) > 1:
         by_fp: dict[str, list[str]] = {}
@@ -75,7 +77,10 @@ def build_composition(name: str, expert_dirs, router_type: str = "domain", *, ba
     versions: registry versions of the members, when the packages' manifests do not carry them.
     """
     router = get_router(router_type)
-    experts = load_members(expert_dirs, base.fingerprint if base is not None else None)
+    # The built-in router types read only signatures (rows, pilots); a type that trains on the experts
+    # (mot) says so with needs_expert_weights.
+    experts = load_members(expert_dirs, base.fingerprint if base is not None else None,
+                           weights=router.needs_expert_weights)
     tensors = router.build_tensors(experts, base, dict(router_options))
     defaults = dict(router.default_options)
     opts = {"top_k": top_k if top_k is not None else defaults.get("top_k", 2),

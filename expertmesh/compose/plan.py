@@ -70,11 +70,14 @@ def _check_known(members: list[str], names: Iterable[str] | None, what: str) -> 
 
 
 def policy_mask(spec: CompositionSpec, *, include=None, exclude=None, tags=None, exclude_tags=None, licences=None,
-                withdrawn: Iterable[str] = ()) -> tuple[np.ndarray, list[str]]:
-    """[N] bool of members a request may use before selection, plus notes on why members were dropped."""
+                withdrawn: Iterable[str] = (), check_names: bool = True) -> tuple[np.ndarray, list[str]]:
+    """[N] bool of members a request may use before selection, plus notes on why members were dropped.
+    ``check_names=False``: the caller already refused unknown names (the serving engine, at submit)."""
     members = spec.member_names
-    include = _check_known(members, include, "include") if include is not None else None
-    exclude = set(_check_known(members, exclude, "exclude"))
+    known = _check_known if check_names else (lambda _m, names, _w: [names] if isinstance(names, str)
+                                              else list(names or []))
+    include = known(members, include, "include") if include is not None else None
+    exclude = set(known(members, exclude, "exclude"))
     withdrawn = set(withdrawn)
     tags = set([tags] if isinstance(tags, str) else tags) if tags else None
     exclude_tags = set([exclude_tags] if isinstance(exclude_tags, str) else exclude_tags or [])
@@ -104,13 +107,13 @@ def policy_mask(spec: CompositionSpec, *, include=None, exclude=None, tags=None,
 
 def make_plan(spec: CompositionSpec, prompts: list[str], *, index: PilotIndex | None, embed=None,
               embeddings: np.ndarray | None = None, withdrawn: Iterable[str] = (), selection: str | None = None,
-              **filters) -> RoutingPlan:
+              check_names: bool = True, **filters) -> RoutingPlan:
     """Policy masks, then (selection "both"/"sequence") the retriever's top-m among the allowed members.
 
     ``selection`` overrides the composition's policy for this call (e.g. "token" for single-expert baselines)."""
     members = spec.member_names
     n, batch = len(members), len(prompts)
-    base_ok, base_notes = policy_mask(spec, withdrawn=withdrawn, **filters)
+    base_ok, base_notes = policy_mask(spec, withdrawn=withdrawn, check_names=check_names, **filters)
     allowed = np.repeat(base_ok[None], batch, 0)
     notes = [list(base_notes) for _ in range(batch)]
     scores: list[dict[str, float]] = [{} for _ in range(batch)]

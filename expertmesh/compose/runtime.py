@@ -43,7 +43,7 @@ def resolve_expert_dirs(members: list[str], expert_dirs: dict[str, Path] | str |
 
 class CompositionRuntime:
     def __init__(self, spec: CompositionSpec, tensors: dict[str, torch.Tensor], base, experts: list, *,
-                 notes: list[str] | None = None):
+                 notes: list[str] | None = None, lazy: bool = False):
         if [e.name for e in experts] != spec.member_names:
             raise ConfigError(f"experts {[e.name for e in experts]} do not match the members {spec.member_names}")
         if base.fingerprint != spec.base_fingerprint:
@@ -53,6 +53,7 @@ class CompositionRuntime:
         self.router = get_router(spec.router_type)
         self.model = self.router.build_model(base, self.experts, spec, tensors)
         self.withdrawn: set[str] = set()
+        self.lazy = lazy                         # weights not loaded: only a resident set may run the model
         self.notes = list(notes or [])           # load-time notes (e.g. members dropped because missing)
         self._index = self._make_index()
         self._lock = threading.RLock()
@@ -60,11 +61,12 @@ class CompositionRuntime:
     # -- loading --------------------------------------------------------------------------------------
     @classmethod
     def load(cls, composition_dir: str | Path, expert_dirs: dict[str, Path] | str | Path, base=None, *,
-             missing: str = "error") -> "CompositionRuntime":
+             missing: str = "error", lazy: bool = False) -> "CompositionRuntime":
         """Verify and load a composition and its member experts onto ``base`` (default: the base in provenance).
 
         missing="error" refuses a member with no package; missing="drop" builds the composition without it,
-        which the opt-out property makes equal to a composition that never had it."""
+        which the opt-out property makes equal to a composition that never had it. ``lazy=True`` reads only
+        the members' signatures: their LoRA weights stay on disk until a resident set loads them (serving)."""
         from expertmesh.base import load_base
         from expertmesh.mixture.lora_io import load_expert
 
@@ -85,12 +87,12 @@ class CompositionRuntime:
             notes.append(f"members {absent} were not available and are not part of this runtime")
         experts = []
         for m in spec.members:
-            e = load_expert(dirs[m.name], expected_fingerprint=base.fingerprint, name=m.name)
+            e = load_expert(dirs[m.name], expected_fingerprint=base.fingerprint, name=m.name, weights=not lazy)
             if m.digest and expert_digest(e.manifest) != m.digest:
                 raise PackageError(f"expert package {dirs[m.name]} is not the version of {m.name!r} this composition "
                                    f"was built for ({m.ref}, digest {m.digest[:12]})")
             experts.append(e)
-        return cls(spec, tensors, base, experts, notes=notes)
+        return cls(spec, tensors, base, experts, notes=notes, lazy=lazy)
 
     def _make_index(self) -> PilotIndex | None:
         if "pilots" not in self.tensors or len(self.tensors["pilots"]) == 0:
@@ -131,7 +133,8 @@ class CompositionRuntime:
         return get_embedder(self.spec.embedder).embed(texts)
 
     def plan(self, prompts: list[str], *, include=None, exclude=None, tags=None, exclude_tags=None, licences=None,
-             withdrawn: Iterable[str] = frozenset(), embeddings=None, selection: str | None = None) -> RoutingPlan:
+             withdrawn: Iterable[str] = frozenset(), embeddings=None, selection: str | None = None,
+             check_names: bool = True) -> RoutingPlan:
         """Routing plan for a batch of prompts (the prompt is embedded once, only if the retriever runs).
 
         include/exclude: member names (unknown names raise UnknownMemberError); tags: keep members carrying any
@@ -142,7 +145,8 @@ class CompositionRuntime:
             prompts = [prompts]
         return make_plan(self.spec, list(prompts), index=self._index, embed=self.embed, embeddings=embeddings,
                          withdrawn=self.withdrawn | set(withdrawn), include=include, exclude=exclude, tags=tags,
-                         exclude_tags=exclude_tags, licences=licences, selection=selection)
+                         exclude_tags=exclude_tags, licences=licences, selection=selection,
+                         check_names=check_names)
 
     def _default_plan(self, input_ids: torch.Tensor) -> RoutingPlan:
         prompts = self.base.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
@@ -185,6 +189,10 @@ class CompositionRuntime:
                      **self.last_trace(plan, b, per_layer=per_layer)} for b, p in enumerate(prompts)]
 
     def _check_plan(self, plan: RoutingPlan) -> None:
+        if self.lazy and getattr(self.model, "resident_set", None) is None:
+            raise ConfigError("this composition was loaded lazily (signatures only); its experts' weights are "
+                              "loaded by a serving resident set, so run it through the engine or load it with "
+                              "lazy=False")
         if plan.members != self.member_names:
             raise ConfigError("this routing plan was made for another member list; make a new plan after "
                               "remove_member")

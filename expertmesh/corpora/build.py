@@ -203,12 +203,24 @@ def _own_version() -> str | None:
         return None
 
 
+def source_for(domain: str, options: dict[str, Any] | None = None) -> tuple[str, Source]:
+    """(directory name, source) of a built-in domain or a fine-grained one (``medicine.ch09``/``medicine:ch09``,
+    see corpora/fine.py; ``options`` then go to the parent source)."""
+    from expertmesh.corpora.fine import fine_source, parse_fine
+
+    parsed = parse_fine(domain)
+    if parsed is not None:
+        return f"{parsed[0]}.{parsed[1]}", fine_source(domain, options)
+    return domain, make_source(domain, options)
+
+
 def build_corpus(domain: str, out_dir: str | Path, *, max_docs: int | None = None, heldout_fraction: float = 0.1,
                  max_chars: int = 20000, overwrite: bool = False,
                  source_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build ``<out_dir>/<domain>/`` from a built-in source; returns its meta. ``max_docs=None`` takes the
     source's default cap (all documents, except 2,000 man pages for systems)."""
-    return _build(make_source(domain, source_options), domain, out_dir, max_docs=max_docs,
+    name, source = source_for(domain, source_options)
+    return _build(source, name, out_dir, max_docs=max_docs,
                   heldout_fraction=heldout_fraction, max_chars=max_chars, overwrite=overwrite)
 
 
@@ -229,14 +241,24 @@ def build_corpus_from_files(paths: str | Path | Iterable[str | Path], domain: st
 def build_all(domains: Iterable[str], out_dir: str | Path, *, max_docs: int | None = None,
               heldout_fraction: float = 0.1, max_chars: int = 20000, overwrite: bool = False,
               source_options: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """Build several domains; every source is checked first, so a missing one fails before any build."""
-    domains = list(dict.fromkeys(domains))
+    """Build several domains; every source is checked first, so a missing one fails before any build.
+
+    Names may be fine-grained (``medicine.ch09``, ``medicine:ch09``) or ``fine`` / ``fine:<parent>`` for every
+    fine domain (of one parent); see corpora/fine.py."""
+    from expertmesh.corpora.fine import expand_domains
+
+    domains = expand_domains(list(domains))
     if not domains:
         raise ConfigError(f"domains is empty; choose from {', '.join(available_domains())}")
     source_options = source_options or {}
-    sources = {d: make_source(d, source_options.get(d)) for d in domains}
+    sources = dict(source_for(d, source_options.get(d)) for d in domains)
+    domains = list(sources)
+    checked: set[str] = set()
     for source in sources.values():
-        source.check_available()
+        key = getattr(source, "parent", None) or source.name     # check each parent source once
+        if key not in checked:
+            source.check_available()
+            checked.add(key)
     _check_params(max_docs, heldout_fraction, max_chars)
     return {d: _build(sources[d], d, out_dir, max_docs=max_docs, heldout_fraction=heldout_fraction,
                       max_chars=max_chars, overwrite=overwrite) for d in domains}

@@ -56,8 +56,13 @@ def read_manifest(package_dir: str | Path) -> ExpertManifest:
     return ExpertManifest.from_dict(data)
 
 
-def verify_package(package_dir: str | Path, *, expected_fingerprint: str | None = None) -> ExpertManifest:
-    """Check a package completely; return its manifest or raise PackageError/BaseMismatchError."""
+def verify_package(package_dir: str | Path, *, expected_fingerprint: str | None = None,
+                   weights: bool = True) -> ExpertManifest:
+    """Check a package completely; return its manifest or raise PackageError/BaseMismatchError.
+
+    ``weights=False`` skips hashing the LoRA weights file (its header is still parsed): what a composition's
+    build or load does, since it reads only the signature; ``verify_weights`` checks the weights later, when
+    they are first loaded."""
     root = Path(package_dir)
     if not root.is_dir():
         raise PackageError(f"expert package {root} does not exist or is not a directory")
@@ -76,6 +81,8 @@ def verify_package(package_dir: str | Path, *, expected_fingerprint: str | None 
         declared = manifest.files.get(name)
         if declared is None:
             raise PackageError(f"{name} is not listed in manifest.files")
+        if name == ADAPTER_WEIGHTS_FILE and not weights:
+            continue
         if sha256_file(root / name) != declared:
             raise PackageError(f"{name} does not match its sha256 in the manifest (tampered or corrupted)")
     if expected_fingerprint is not None and manifest.base_fingerprint != expected_fingerprint:
@@ -87,6 +94,16 @@ def verify_package(package_dir: str | Path, *, expected_fingerprint: str | None 
     _check_signature(root / SIGNATURE_FILE, manifest)
     read_safetensors_header(root / ADAPTER_WEIGHTS_FILE)
     return manifest
+
+
+def verify_weights(package_dir: str | Path, manifest: ExpertManifest) -> None:
+    """The LoRA weights file is there and matches its sha256 in the (already verified) manifest."""
+    path = Path(package_dir) / ADAPTER_WEIGHTS_FILE
+    if not path.is_file():
+        raise PackageError(f"expert {manifest.ref}: {path} is missing (the package changed after it was loaded)")
+    if sha256_file(path) != manifest.files.get(ADAPTER_WEIGHTS_FILE):
+        raise PackageError(f"expert {manifest.ref}: {ADAPTER_WEIGHTS_FILE} does not match its sha256 in the "
+                           "manifest (tampered or corrupted)")
 
 
 def _check_adapter_config(path: Path, manifest: ExpertManifest) -> None:

@@ -46,6 +46,18 @@ def anchor_rows(model, tokenizer) -> torch.Tensor:
     return mean_layer_inputs(model, enc["input_ids"], enc["attention_mask"])
 
 
+_PUBLIC_ANCHORS: dict[str, torch.Tensor] = {}
+
+
+def public_anchor_rows(base) -> torch.Tensor:
+    """``anchor_rows`` of a loaded Base, computed once per process and base fingerprint: every owner of one
+    base computes the same rows from the same public text, and a bench training 64 experts would otherwise
+    repeat that forward 64 times."""
+    if base.fingerprint not in _PUBLIC_ANCHORS:
+        _PUBLIC_ANCHORS[base.fingerprint] = anchor_rows(base.model, base.tokenizer)
+    return _PUBLIC_ANCHORS[base.fingerprint].clone()
+
+
 def passages(texts: list[str], words: int = 128, limit: int = 512) -> list[str]:
     """Split documents into ~``words``-word passages (what a request prompt looks like to the selector)."""
     out: list[str] = []

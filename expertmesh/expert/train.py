@@ -31,7 +31,7 @@ from expertmesh.expert.dp import accounted_epsilon, dp_step, plan_dp, poisson_ba
 from expertmesh.expert.config import TrainConfig
 from expertmesh.expert.manifest import ExpertManifest, SignatureSpec
 from expertmesh.expert.package import finalize_manifest, save_signature
-from expertmesh.expert.signature import anchor_rows, mean_layer_inputs, passages, pilot_embeddings
+from expertmesh.expert.signature import mean_layer_inputs, passages, pilot_embeddings, public_anchor_rows
 from expertmesh.fileio import atomic_directory, write_json_atomic
 from expertmesh.mixture.lora_io import ExpertWeights, save_peft_adapter
 from expertmesh.mixture.model import ComposedModel, adaptable_modules, resolve_targets
@@ -102,7 +102,7 @@ def train_expert(cfg: TrainConfig, *, base: Base | None = None, progress: bool =
                            what=f"held-out data {cfg.heldout}") if cfg.heldout else None)
 
     torch.manual_seed(cfg.seed)
-    anchor = anchor_rows(model, tok)
+    anchor = public_anchor_rows(base)
     # Under DP the row starts at the public anchor: the mean hidden state of the owner's blocks is not private.
     init_rows = anchor.clone() if dp_plan else mean_layer_inputs(model, blocks[:16])
     lora = _init_lora(model, paths, cfg.lora.r, cfg.seed)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from expertmesh.errors import PackageError
 from expertmesh.expert.manifest import ADAPTER_WEIGHTS_FILE, ExpertManifest, LoraSpec
-from expertmesh.expert.package import load_signature, verify_package
+from expertmesh.expert.package import load_signature, verify_package, verify_weights
 
 _PREFIX = "base_model.model."
 
@@ -30,6 +30,7 @@ class ExpertWeights:
     anchor_rows: torch.Tensor                            # [L, d]
     pilots: torch.Tensor                                 # [k, e], L2-normalised
     manifest: ExpertManifest | None = None
+    package_dir: Path | None = None                      # where ``load_lora`` reads the factors of a lazy expert
 
     @property
     def rank(self) -> int:
@@ -70,13 +71,28 @@ def read_peft_adapter(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]
 
 
 def load_expert(package_dir: str | Path, *, expected_fingerprint: str | None = None,
-                name: str | None = None) -> ExpertWeights:
-    """Verify a package (checksums, format, base) and load it into memory."""
+                name: str | None = None, weights: bool = True) -> ExpertWeights:
+    """Verify a package (checksums, format, base) and load it into memory.
+
+    ``weights=False`` reads only the manifest and the signature (router rows, pilots): ``lora`` stays empty
+    until ``load_lora`` (the weights file's checksum is checked then)."""
     package_dir = Path(package_dir)
-    manifest = verify_package(package_dir, expected_fingerprint=expected_fingerprint)
+    manifest = verify_package(package_dir, expected_fingerprint=expected_fingerprint, weights=weights)
     sig = load_signature(package_dir)
     return ExpertWeights(
-        name=name or manifest.name, lora=read_peft_adapter(package_dir / ADAPTER_WEIGHTS_FILE),
+        name=name or manifest.name, lora=read_peft_adapter(package_dir / ADAPTER_WEIGHTS_FILE) if weights else {},
         scaling=manifest.lora.scaling, router_rows=sig["router_rows"], anchor_rows=sig["anchor_rows"],
-        pilots=sig["pilots"], manifest=manifest,
+        pilots=sig["pilots"], manifest=manifest, package_dir=package_dir,
     )
+
+
+def load_lora(expert: ExpertWeights) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The LoRA factors of an expert loaded with ``weights=False``: checksum checked, then read (PackageError
+    naming the expert if the package is missing or corrupt now)."""
+    if expert.package_dir is None or expert.manifest is None:
+        raise PackageError(f"expert {expert.name} has no package to load its weights from")
+    if not expert.package_dir.is_dir():
+        raise PackageError(f"expert {expert.name}: package {expert.package_dir} is missing")
+    verify_weights(expert.package_dir, expert.manifest)
+    return read_peft_adapter(expert.package_dir / ADAPTER_WEIGHTS_FILE)
+

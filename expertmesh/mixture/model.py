@@ -77,6 +77,7 @@ class RouterState:
         self.token_mask: torch.Tensor | None = None     # [B, T] for the trace
         self.tracing = False
         self._weights: dict[int, torch.Tensor | None] = {}
+        self._cols: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._trace_sum: torch.Tensor | None = None
         self._trace_tokens: torch.Tensor | None = None
 
@@ -87,13 +88,34 @@ class RouterState:
         if self.fixed is not None:
             w = self.fixed[:, None, :].expand(h.shape[0], h.shape[1], -1).float()
         else:
-            rows = torch.cat([self.anchor_rows[layer][None].to(self.expert_rows.dtype), self.expert_rows[layer]], 0)
-            w = gate_weights(h, rows, top_k=self.top_k, temperature=self.temperature, bias=self.bias,
-                             allowed=self.allowed)
+            w = self._token_gate(layer, h)
         self._weights[layer] = None if (self.fixed is None and self.allowed is not None
                                         and not bool(self.allowed[:, 1:].any())) else w[..., 1:]
         if self.tracing:
             self._record(layer, w.detach())
+
+    def _token_gate(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Gate weights [B, T, E]. With a mask, the logits are computed only for the columns some row of the
+        batch may use (the retriever's top-m candidates, opt-outs removed): a masked column would get -inf and
+        weight 0 anyway, and the kept columns stay in entry order, so the stable top-k breaks ties as over all
+        E columns. The gate's cost then follows the candidates, not the number of members."""
+        rows = torch.cat([self.anchor_rows[layer][None].to(self.expert_rows.dtype), self.expert_rows[layer]], 0)
+        cols = self._columns()
+        if cols is None:
+            return gate_weights(h, rows, top_k=self.top_k, temperature=self.temperature, bias=self.bias,
+                                allowed=self.allowed)
+        wc = gate_weights(h, rows[cols], top_k=self.top_k, temperature=self.temperature,
+                          bias=self.bias[cols] if self.bias is not None else None, allowed=self.allowed[:, cols])
+        return wc.new_zeros(*wc.shape[:-1], rows.shape[0]).index_copy(-1, cols, wc)
+
+    def _columns(self) -> torch.Tensor | None:
+        """Entry indices any row may use (None: all of them), computed once per mask."""
+        if self.allowed is None:
+            return None
+        if self._cols is None or self._cols[0] is not self.allowed:
+            used = self.allowed.any(0)
+            self._cols = (self.allowed, None if bool(used.all()) else used.nonzero().squeeze(1))
+        return self._cols[1]
 
     def expert_weights(self, layer: int) -> torch.Tensor | None:
         return self._weights.get(layer)
@@ -151,7 +173,9 @@ class ComposedModel(nn.Module):
     # -- set-up ---------------------------------------------------------------------------------------
     def _install(self, dropout: float) -> None:
         linears = adaptable_modules(self.base_model)
-        paths = sorted({p for e in self.experts for p in e.lora})
+        # A lazily loaded expert (weights=False: empty ``lora``) adapts the modules its manifest names.
+        paths = sorted({p for e in self.experts for p in (
+            e.lora or (resolve_targets(self.base_model, e.manifest.lora.target_modules) if e.manifest else []))})
         unknown = [p for p in paths if p not in linears]
         if unknown:
             raise ConfigError(f"experts adapt modules the base does not have: {unknown[:3]}")

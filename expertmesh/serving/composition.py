@@ -3,16 +3,23 @@
     model        the runtime's ComposedModel (wraps the shared frozen base in place)
     tokenizer    the base's tokenizer (guarded by ``tokenizer_lock``: fast tokenizers are not re-entrant)
     members      expert names in gate order; ``tags[name]``; ``expert_dirs[name]`` (to reload evicted weights)
-    plan_row()   one request's selection -> RowPlan (allowed names, optional sequence weights, candidates, notes)
+    plan_row()   one request's selection -> RowPlan (allowed mask, optional sequence weights, candidates, notes)
 
-Selection semantics are the runtime's (expertmesh.compose.plan): unknown names are errors, a withdrawn
-member is left out with a note, a request that leaves no expert is answered by the public base (noted).
+Selection semantics are the runtime's (expertmesh.compose.plan): unknown names are errors (checked once, at
+submit, by ``check_names``), a withdrawn member is left out with a note (the one place withdrawal is applied;
+the engine re-plans a running row when its members are withdrawn), a request that leaves no expert is
+answered by the public base (noted).
+
+The expert mask has one form from here to the gate: ``RowPlan.allowed``, a [N] bool tensor in member order;
+the engine stacks the rows' masks into the [B, N] ``allowed`` of each forward.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from expertmesh.errors import UnknownMemberError
 from expertmesh.serving.kvbatch import KVBatch
@@ -28,11 +35,15 @@ class Selection:
 
 @dataclass
 class RowPlan:
-    allowed: frozenset[str]
+    allowed: torch.Tensor                     # [N] bool over the members, in composition order
     candidates: list[str]
     notes: list[str]
-    fixed: dict[str, float] | None = None     # sequence-level weights by entry ("public" + members), if any
+    fixed: torch.Tensor | None = None         # [N+1] sequence-level weights (public first), if any
     scores: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def public_only(cls, n_members: int, note: str) -> "RowPlan":
+        return cls(allowed=torch.zeros(n_members, dtype=torch.bool), candidates=[], notes=[note])
 
 
 class ServedComposition:
@@ -65,6 +76,14 @@ class ServedComposition:
         return list(self.runtime.member_names)
 
     @property
+    def max_experts_per_request(self) -> int:
+        """The most members one request can use: the retriever's top-m when it narrows, else every member."""
+        spec = self.runtime.spec
+        if spec.selection != "token" and spec.top_m:
+            return min(int(spec.top_m), len(self.members))
+        return len(self.members)
+
+    @property
     def top_k(self) -> int:
         return int(self.model.router.top_k)
 
@@ -89,17 +108,19 @@ class ServedComposition:
                     detail={"field": f"experts.{field_name}", "unknown": bad, "members": sorted(known)})
 
     def plan_row(self, prompt: str, sel: Selection, withdrawn: set[str]) -> RowPlan:
-        self.check_names(sel)
+        """One request's plan; its names were checked at submit (``check_names``), so not again here."""
         plan = self.runtime.plan([prompt], include=sel.include, exclude=sel.exclude or None, tags=sel.tags,
-                                 exclude_tags=sel.exclude_tags or None, withdrawn=set(withdrawn))
-        members = plan.members
-        allowed = frozenset(n for j, n in enumerate(members) if bool(plan.allowed[0, j]))
-        fixed = None
-        if plan.fixed_weights is not None:
-            w = plan.fixed_weights[0].tolist()
-            fixed = {"public": float(w[0]), **{n: float(w[j + 1]) for j, n in enumerate(members)}}
-        return RowPlan(allowed=allowed, candidates=list(plan.candidates[0]), notes=list(plan.notes[0]),
-                       fixed=fixed, scores=dict(plan.scores[0]))
+                                 exclude_tags=sel.exclude_tags or None, withdrawn=set(withdrawn),
+                                 check_names=False)
+        return RowPlan(allowed=plan.allowed[0].clone(), candidates=list(plan.candidates[0]),
+                       notes=list(plan.notes[0]),
+                       fixed=plan.fixed_weights[0].clone() if plan.fixed_weights is not None else None,
+                       scores=dict(plan.scores[0]))
+
+    def mask_of(self, names) -> torch.Tensor:
+        """[N] bool of these member names (names outside the composition are ignored)."""
+        names = set(names)
+        return torch.tensor([n in names for n in self.members], dtype=torch.bool)
 
     # -- text ------------------------------------------------------------------------------------------------
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
@@ -146,7 +167,7 @@ def load_served(composition_dir: str | Path, expert_dirs, base, *, name: str | N
 
     spec, _ = read_composition(composition_dir)
     dirs = resolve_expert_dirs(spec.member_names, expert_dirs)
-    runtime = CompositionRuntime.load(composition_dir, dirs, base, missing=missing)
+    runtime = CompositionRuntime.load(composition_dir, dirs, base, missing=missing, lazy=True)
     return ServedComposition(runtime, name=name, version=version if version is not None else
                              (str(spec.version) if spec.version else None), expert_dirs=dirs,
                              info={"source": str(composition_dir), "load_notes": list(runtime.notes)})

@@ -218,13 +218,14 @@ class Engine:
             comp.set_top_k(self.settings.top_k)
         loader = package_loader(comp.expert_dirs, comp.fingerprint) if set(comp.members) <= set(comp.expert_dirs) \
             else None
-        self.resident = ResidentSet(comp.model, self.settings.max_resident_experts, loader)
+        self.resident = ResidentSet(comp.model, self.settings.max_resident_experts, loader,
+                                    budget_mb=self.settings.resident_budget_mb, max_needed=comp.max_experts_per_request)
         self.comp = comp
         self._pad_id = comp.tokenizer.pad_token_id if comp.tokenizer.pad_token_id is not None else 0
         self._eos = comp.eos_ids()
 
-    def _effective_withdrawn(self) -> set[str]:
-        return set(self.comp.members) if self._fail_closed else set(self._withdrawn)
+    def _names(self, mask: torch.Tensor) -> set[str]:
+        return {self.comp.members[j] for j in mask.nonzero().flatten().tolist()}
 
     def _admit(self) -> None:
         free = self.settings.max_batch - len(self._rows)
@@ -233,7 +234,7 @@ class Engine:
         if not self._rows and self.settings.batch_wait_ms > 0:
             time.sleep(self.settings.batch_wait_ms / 1000.0)   # let a burst arrive: one prefill for all of it
         joined: list[_Row] = []
-        needed = set().union(*(r.allowed for r in self._rows)) if self._rows else set()
+        needed = self._union(self._rows)
         while len(joined) < free:
             with self._cv:
                 if not self._pending:
@@ -247,10 +248,16 @@ class Engine:
                 handle.emit(Event("error", error=e))
                 continue
             # bounded resident set: wait (head of line) rather than exceed it, unless nothing else runs
-            if len(needed | plan.allowed) > self.resident.capacity and (self._rows or joined):
+            if int((needed | plan.allowed).sum()) > self.resident.capacity and (self._rows or joined):
                 with self._cv:
                     self._pending.appendleft(handle)
                 break
+            try:                               # load its experts now: a bad package fails this request only
+                self.resident.ensure(self._names(needed | plan.allowed))
+            except ExpertMeshError as e:
+                self.counters["expert_load_errors"] += 1
+                handle.emit(Event("error", error=e))
+                continue
             needed |= plan.allowed
             joined.append(_Row(handle, plan, self.comp))
         if joined:
@@ -265,31 +272,37 @@ class Engine:
             return cached[1]
         req = handle.request
         if self._fail_closed:
-            plan = RowPlan(allowed=frozenset(), candidates=[], notes=[
-                "registry unreachable: experts disabled until it answers; answered by the public base"])
+            plan = RowPlan.public_only(len(self.comp.members), "registry unreachable: experts disabled until it "
+                                       "answers; answered by the public base")
         else:
             plan = self.comp.plan_row(req.prompt, req.selection, set(self._withdrawn))
         handle.plan_cache = (self.epoch, plan)
         return plan
 
+    # The rows' plans are the one place withdrawal applies (a withdrawal re-plans the rows it touches, see
+    # _recompute), so the masks below are stacked as they are, never filtered again.
     def _mask(self, rows: list[_Row]) -> torch.Tensor | None:
+        """[B, N] bool: the rows' plan masks, stacked."""
         if not self.comp.members:
             return None
-        gone = self._effective_withdrawn()
-        return torch.tensor([[n in r.allowed and n not in gone for n in self.comp.members] for r in rows],
-                            dtype=torch.bool)
+        return torch.stack([r.allowed for r in rows])
 
     def _fixed(self, rows: list[_Row]) -> torch.Tensor | None:
         """Sequence-level weights [B, N+1] when the composition selects per sequence (then every row has them)."""
         if not self.comp.members or all(r.fixed is None for r in rows):
             return None
-        names = ["public"] + self.comp.members
-        gone = self._effective_withdrawn()      # never non-zero for a withdrawn member, whatever a plan says
-        return torch.tensor([[0.0 if n in gone else (r.fixed or {"public": 1.0}).get(n, 0.0) for n in names]
-                             for r in rows])
+        public = torch.zeros(len(self.comp.members) + 1)
+        public[0] = 1.0
+        return torch.stack([r.fixed if r.fixed is not None else public for r in rows])
+
+    def _union(self, rows: list[_Row]) -> torch.Tensor:
+        out = torch.zeros(len(self.comp.members), dtype=torch.bool)
+        for r in rows:
+            out |= r.allowed
+        return out
 
     def _ensure_resident(self, rows: list[_Row]) -> None:
-        self.resident.ensure(set().union(*(r.allowed for r in rows)) - self._effective_withdrawn())
+        self.resident.ensure(self._names(self._union(rows)))
 
     def _join(self, rows: list[_Row]) -> None:
         """Prefill rows (new, or recomputed after a withdrawal/swap) and merge them into the batch. A row whose
@@ -454,7 +467,8 @@ class Engine:
     def _recompute(self, lost: set[str], note: str) -> None:
         """Rows whose mask held any of ``lost`` are re-planned (as if ``lost`` had never been members) and
         their KV cache is recomputed by one prefill; the other rows keep their cache."""
-        hit = [i for i, r in enumerate(self._rows) if r.allowed & lost]
+        lost_mask = self.comp.mask_of(lost)
+        hit = [i for i, r in enumerate(self._rows) if bool((r.allowed & lost_mask).any())]
         if not hit:
             return
         rows = self._detach(hit)
@@ -478,8 +492,10 @@ class Engine:
         try:
             r.set_plan(self._plan(r.handle))
         except ExpertMeshError as e:          # e.g. an included expert is no longer a member after a swap
-            members = set(self.comp.members) - self._effective_withdrawn()
-            r.set_plan(RowPlan(allowed=frozenset(r.allowed & members), candidates=[], notes=[
+            gone = set(self.comp.members) if self._fail_closed else set(self._withdrawn)
+            kept = self.comp.mask_of(set(self.comp.members) - gone)
+            allowed = r.allowed & kept if r.allowed.shape == kept.shape else torch.zeros_like(kept)
+            r.set_plan(RowPlan(allowed=allowed, candidates=[], notes=[
                 f"re-planning failed ({e.message}); kept the remaining experts of the original plan"]))
 
     def _swap(self, builder: Callable[[], ServedComposition], revision: object) -> None:

@@ -28,6 +28,7 @@ class ServeSettings:
     model_name: str | None = None             # id in /v1/models (default: the composition's name)
     max_batch: int = 8                        # rows in one forward
     max_resident_experts: int = 64            # expert LoRA weights kept in memory (LRU beyond that)
+    resident_budget_mb: float | None = None   # strict memory bound of the resident LoRA pool (None: count only)
     max_context: int = 2048                   # prompt + completion tokens per request
     max_tokens_limit: int = 1024              # largest max_tokens a request may ask for
     default_max_tokens: int = 128             # when a request gives none
@@ -49,6 +50,8 @@ class ServeSettings:
         check_int("port", self.port, lo=0, hi=65535)
         check_int("max_batch", self.max_batch, lo=1, hi=1024)
         check_int("max_resident_experts", self.max_resident_experts, lo=1)
+        if self.resident_budget_mb is not None:
+            check_float("resident_budget_mb", self.resident_budget_mb, lo=0.0, lo_open=True)
         check_int("max_context", self.max_context, lo=8)
         check_int("max_tokens_limit", self.max_tokens_limit, lo=1)
         check_int("default_max_tokens", self.default_max_tokens, lo=1, hi=self.max_tokens_limit)

@@ -47,3 +47,24 @@ def test_import_user_text(tmp_path):
 def test_ls_of_a_missing_directory(tmp_path):
     result = CliRunner().invoke(cli, ["data", "ls", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_build_fine_grained_parts_by_name(tmp_path):
+    out = str(tmp_path / "fine")
+
+    result = CliRunner().invoke(cli, ["data", "build", "--domain", "medicine:ch09", "--domain", "code:json",
+                                      "--out", out, "--max-docs", "4"])
+
+    assert result.exit_code == 0, result.output
+    assert "medicine.ch09: train" in result.output and "code.json: train" in result.output
+
+
+def test_unknown_fine_part_is_one_error_line(tmp_path):
+    result = CliRunner().invoke(cli, ["data", "build", "--domain", "medicine:ch99", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error: domain='medicine:ch99': medicine has no part 'ch99'")
+
+
+def test_build_needs_a_domain_or_fine(tmp_path):
+    result = CliRunner().invoke(cli, ["data", "build", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--fine" in result.output

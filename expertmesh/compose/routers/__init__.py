@@ -38,6 +38,7 @@ class RouterType:
 
     name: str = ""
     default_options: dict[str, Any] = {"selection": "token"}
+    needs_expert_weights: bool = True         # build_tensors reads LoRA factors (False: signatures only)
     option_names: tuple[str, ...] = ()        # extra build options this type accepts
 
     # -- building -------------------------------------------------------------------------------------

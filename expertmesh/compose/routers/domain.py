@@ -9,3 +9,4 @@ from expertmesh.compose.routers import RouterType, register_router
 @register_router("domain")
 class DomainRouter(RouterType):
     default_options = {"selection": "token"}
+    needs_expert_weights = False

@@ -14,6 +14,7 @@ from expertmesh.compose.routers import RouterType, register_router
 @register_router("retrieve")
 class RetrieveRouter(RouterType):
     default_options = {"selection": "both", "top_m": 2}
+    needs_expert_weights = False
 
     def build_tensors(self, experts, base, options):
         from expertmesh.errors import ConfigError

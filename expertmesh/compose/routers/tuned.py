@@ -34,6 +34,7 @@ def read_tuning_artifact(path: str | Path) -> tuple[dict, list[str] | None]:
 @register_router("tuned")
 class TunedRouter(RouterType):
     default_options = {"selection": "token"}
+    needs_expert_weights = False
     option_names = ("artifact", "rows", "bias")
 
     def build_tensors(self, experts, base, options):

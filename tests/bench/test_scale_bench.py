@@ -1,0 +1,29 @@
+"""The scale bench end to end on a config-built model (slow: ~2 min on a loaded 2-core machine)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_tiny_scale_bench_writes_the_issue_format(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale_bench.py"), "--tiny", "--work",
+                          str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["format"] == "expertmesh-scale/1"
+    keys = ["n_experts", "real", "routing_top1", "routing_top3", "composed_over_oracle", "uncovered_delta_nats",
+            "tokens_per_s_b1", "tokens_per_s_b16", "peak_rss_mb", "build_s"]
+    assert [list(r) for r in results["rows"]] == [keys] * len(results["rows"])
+    assert [r["n_experts"] for r in results["rows"]] == [2, 3, 8]
+    assert results["rows"][-1]["real"] is False and results["rows"][-1]["tokens_per_s_b16"] > 0
+    details = json.loads((out / "details.json").read_text())
+    assert details["cost"]["by_n"]["8"]["resident_peak_mb"] <= details["cost"]["by_n"]["8"]["budget_mb"]
+    assert (out / "tokens_per_s_vs_n.png").is_file() and (out / "memory_vs_n.png").is_file()
