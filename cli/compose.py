@@ -175,25 +175,42 @@ def inspect_cmd(directory) -> None:
 @click.option("--seq-len", default=256, show_default=True, type=int)
 @click.option("--max-blocks", default=16, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--store", is_flag=True,
+              help="Keep the results (one per --data) in the local composition's provenance; the registry's "
+                   "composition page shows them as its routing heat map once published.")
 @_request_options
-def eval_cmd(composition, datas, compare, seq_len, max_blocks, as_json, include, exclude, tags, exclude_tags,
+def eval_cmd(composition, datas, compare, seq_len, max_blocks, as_json, store, include, exclude, tags, exclude_tags,
              licences, selection, experts_dir, base, top_k) -> None:
     """Held-out loss and perplexity of the public base vs the composition (with any request policy).
 
     Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --exclude law
     Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --data data/corpora/medicine --compare
+    Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --data data/corpora/medicine --store
     """
     import math
 
     from expertmesh.compose.evaluate import compare_on_corpora, evaluate_composition
     from expertmesh.errors import ConfigError
 
-    if len(datas) > 1 and not compare:
-        raise ConfigError("several --data corpora need --compare (one table over all of them)")
+    if len(datas) > 1 and not (compare or store):
+        raise ConfigError("several --data corpora need --compare (one table over all of them) or --store")
+    if store and (compare or not Path(composition).is_dir()):
+        raise ConfigError("--store keeps results in a local composition directory, without --compare; "
+                          f"{composition!r} is not one" if not compare else "--store and --compare do not combine")
     for d in datas:
         if not Path(d).exists():
             raise ConfigError(f"--data {d} does not exist")
     rt = _open_runtime(composition, experts_dir, base, top_k)
+    if store:
+        from expertmesh.compose.spec import store_evaluation
+
+        results = [evaluate_composition(rt, d, seq_len=seq_len, max_blocks=max_blocks,
+                                        **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
+                   for d in datas]
+        store_evaluation(composition, results)
+        click.echo(json.dumps(results, indent=2) if as_json else
+                   f"stored {len(results)} evaluation(s) in {Path(composition) / 'composition.json'}")
+        return
     if compare:
         table = compare_on_corpora(rt, {Path(d).name.removesuffix(".jsonl"): d for d in datas}, seq_len=seq_len,
                                    max_blocks=max_blocks)

@@ -243,6 +243,20 @@ def read_spec(comp_dir: str | Path) -> CompositionSpec:
     return CompositionSpec.from_dict(data)
 
 
+def store_evaluation(comp_dir: str | Path, results: list[dict[str, Any]]) -> CompositionSpec:
+    """Keep held-out evaluation results (the ``compose eval --json`` form, one per corpus) in the composition's
+    provenance as ``evaluation``: the registry's composition page draws its routing heat map from them. Only
+    composition.json is rewritten (atomically); the digests it lists never cover itself, so the composition still
+    verifies, and publishing it carries the evaluation along."""
+    from expertmesh.fileio import write_json_atomic
+
+    spec = verify_composition(comp_dir)
+    kept = ("data", "blocks", "seq_len", "base_loss", "composition_loss", "gate_mass")
+    spec.provenance = {**spec.provenance, "evaluation": [{k: r[k] for k in kept if k in r} for r in results]}
+    write_json_atomic(Path(comp_dir) / COMPOSITION_FILE, spec.to_dict())
+    return spec
+
+
 def verify_composition(comp_dir: str | Path) -> CompositionSpec:
     """Allowed files only, checksums as declared, router tensor shapes as the spec says; never loads weights."""
     from expertmesh.expert.package import read_safetensors_header

@@ -108,3 +108,31 @@ def test_eval_compare_table_over_own_corpora(local_comp, tiny_base_dir, tiny_cor
     text = CliRunner().invoke(cli, ["compose", "eval", str(out), "--data", str(tiny_corpora["law"]), "--compare",
                                     *common])
     assert "routing acc" in text.output and "oracle" in text.output
+
+
+def test_eval_store_keeps_the_evaluation_the_composition_page_draws(local_comp, tiny_base_dir, tiny_corpora,
+                                                                     tmp_path):
+    # Prepare: a copy of the local composition, so the shared fixture stays as built
+    import shutil
+
+    from expertmesh.compose.spec import verify_composition
+    from registry.web.heatmap import heat_map
+
+    out, experts_dir = local_comp
+    comp = tmp_path / "comp"
+    shutil.copytree(out, comp)
+    common = ["--seq-len", "16", "--max-blocks", "2", "--experts", str(experts_dir), "--base", str(tiny_base_dir)]
+
+    # Execute
+    res = CliRunner().invoke(cli, ["compose", "eval", str(comp), "--data", str(tiny_corpora["law"]), "--data",
+                                   str(tiny_corpora["medicine"]), "--store", *common])
+    refused = CliRunner().invoke(cli, ["compose", "eval", "clinic@1", "--data", str(tiny_corpora["law"]), "--store",
+                                       *common])
+
+    # Assert: still verifies; the page's heat map has one row per corpus and the members as columns
+    assert res.exit_code == 0, res.output
+    spec = verify_composition(comp)
+    hm = heat_map(json.loads((comp / "composition.json").read_text()))
+    assert [r["data"].split("/")[-2] for r in spec.provenance["evaluation"]] == ["law", "medicine"]
+    assert hm is not None and [label for label, _ in hm.rows] == ["law", "medicine"] and "law" in hm.entries
+    assert refused.exit_code != 0 and "--store keeps results in a local composition directory" in refused.output
