@@ -188,7 +188,9 @@ def test_mot_batch_rows_of_any_mask_and_length_equal_each_row_alone(served_mot):
     assert batch.size == 2 and batch.seqs[0][:len(seqs[2])] == seqs[2]
 
 
-def test_serve_engine_runs_a_mot_composition_with_opt_outs(served_mot):
+def test_serve_engine_runs_a_mot_composition_with_opt_outs(served_mot, tiny_base_dir):
+    from expertmesh.base import load_base
+    from expertmesh.compose.runtime import CompositionRuntime
     from expertmesh.serving.composition import Selection
     from expertmesh.serving.engine import Engine
     from expertmesh.serving.requests import SyncSink
@@ -197,7 +199,11 @@ def test_serve_engine_runs_a_mot_composition_with_opt_outs(served_mot):
 
     prompt = "def main(argv): return"
     ids = torch.tensor([served_mot.encode(prompt)])
-    alone = served_mot.model.generate(ids, max_new_tokens=6)[0, ids.shape[1]:].tolist()
+    # The reference: the same composition loaded with its weights (serving loads signatures only and lets the
+    # engine's resident set bring the weights in), generating one request at a time.
+    eager = CompositionRuntime.load(served_mot.info["source"], served_mot.expert_dirs, load_base(str(tiny_base_dir)))
+    alone = eager.model.generate(ids, max_new_tokens=6)[0, ids.shape[1]:].tolist()
+    eager.close()
     engine = Engine(served_mot, ServeSettings(max_context=256, batch_wait_ms=50)).start()
     try:
         sinks = [SyncSink() for _ in range(3)]
