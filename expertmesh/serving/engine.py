@@ -26,10 +26,10 @@ import torch
 
 from expertmesh.errors import ExpertMeshError, InternalError, InvalidInputError
 from expertmesh.serving.composition import RowPlan, ServedComposition
-from expertmesh.serving.errors import ContextLengthError, NotReadyError, OverloadedError, UnsupportedParameterError
+from expertmesh.serving.errors import NotReadyError, OverloadedError, UnsupportedParameterError
 from expertmesh.serving.logprobs import MAX_TOP_LOGPROBS, TokenLogprob, prompt_entries, score
 from expertmesh.serving.kvbatch import KVBatch
-from expertmesh.serving.requests import Event, GenerationRequest, RequestHandle, RoutingTally
+from expertmesh.serving.requests import Event, GenerationRequest, RequestHandle, RoutingTally, check_context
 from expertmesh.serving.resident import ResidentSet, package_loader
 from expertmesh.serving.sampling import TextStream, sample_rows
 from expertmesh.serving.settings import ServeSettings
@@ -124,15 +124,7 @@ class Engine:
     # -- requests ---------------------------------------------------------------------------------------------
     def check(self, request: GenerationRequest) -> None:
         """Cheap checks at submit (so the HTTP layer can answer 4xx before streaming anything)."""
-        n = len(request.prompt_ids)
-        limit = self.settings.max_context
-        if n == 0:
-            raise ContextLengthError("the prompt is empty after tokenisation", detail={"field": "prompt"})
-        if n + request.params.max_tokens > limit:
-            raise ContextLengthError(
-                f"prompt ({n} tokens) + max_tokens ({request.params.max_tokens}) exceeds this server's context "
-                f"of {limit} tokens; shorten the prompt or lower max_tokens",
-                detail={"prompt_tokens": n, "max_tokens": request.params.max_tokens, "max_context": limit})
+        check_context(request, self.settings.max_context)
         self.comp.check_names(request.selection)
         for field, n in (("logprobs", request.logprobs), ("prompt_logprobs", request.prompt_logprobs)):
             if n is not None and not 0 <= n <= MAX_TOP_LOGPROBS:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from expertmesh.serving.composition import Selection
+from expertmesh.serving.errors import ContextLengthError
 from expertmesh.serving.sampling import SamplingParams
 
 _ids = itertools.count(1)
@@ -105,3 +106,15 @@ class SyncSink:
             yield ev
             if ev.kind in ("done", "error"):
                 return
+
+
+def check_context(request: GenerationRequest, max_context: int) -> None:
+    """The prompt is not empty and prompt + max_tokens fits the server's context (both engines, at submit)."""
+    n, limit = len(request.prompt_ids), max_context
+    if n == 0:
+        raise ContextLengthError("the prompt is empty after tokenisation", detail={"field": "prompt"})
+    if n + request.params.max_tokens > limit:
+        raise ContextLengthError(
+            f"prompt ({n} tokens) + max_tokens ({request.params.max_tokens}) exceeds this server's context "
+            f"of {limit} tokens; shorten the prompt or lower max_tokens",
+            detail={"prompt_tokens": n, "max_tokens": request.params.max_tokens, "max_context": limit})

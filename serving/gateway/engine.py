@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expertmesh.errors import ExpertMeshError, ExpertWithdrawnError
-from expertmesh.serving.errors import ContextLengthError, NotReadyError, UnsupportedParameterError
-from expertmesh.serving.requests import Event, GenerationRequest, RequestHandle
+from expertmesh.serving.errors import NotReadyError, UnsupportedParameterError
+from expertmesh.serving.requests import Event, GenerationRequest, RequestHandle, check_context
 from serving.gateway.errors import WorkerError
 from serving.gateway.pool import WorkerPool
 from serving.gateway.router import GatewayRouter, RouteChoice
@@ -140,14 +140,7 @@ class GatewayEngine:
             raise UnsupportedParameterError('return_routing="tokens" needs token-level gating, which the vllm '
                                             "backend does not have; use return_routing=true",
                                             detail={"field": "return_routing"})
-        n, limit = len(request.prompt_ids), self.options.max_context
-        if n == 0:
-            raise ContextLengthError("the prompt is empty after tokenisation", detail={"field": "prompt"})
-        if n + request.params.max_tokens > limit:
-            raise ContextLengthError(
-                f"prompt ({n} tokens) + max_tokens ({request.params.max_tokens}) exceeds this server's context "
-                f"of {limit} tokens; shorten the prompt or lower max_tokens",
-                detail={"prompt_tokens": n, "max_tokens": request.params.max_tokens, "max_context": limit})
+        check_context(request, self.options.max_context)
         if len(self._tasks) >= self.options.max_queue:
             from expertmesh.serving.errors import OverloadedError
             raise OverloadedError(f"{len(self._tasks)} requests are in flight; retry shortly",
