@@ -208,20 +208,8 @@ def stop_servers(servers: dict) -> None:
 
 # -- load ------------------------------------------------------------------------------------------------------
 async def one_request(client, url: str, body: dict) -> dict:
-    t0 = time.perf_counter()
-    tokens = 0
-    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    return {"latency": time.perf_counter() - t0, "tokens": tokens}
+    got = await sb.stream_completion(client, url, body)      # the same stream reader as serving_bench
+    return {"latency": got["latency"], "tokens": got["tokens"]}
 
 
 async def run_level(url: str, bodies: list[dict], clients: int) -> dict:

@@ -183,6 +183,11 @@ async def one_request(client, url: str, prompt: str, args, experts: dict | None)
             "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
     if experts is not None:
         body["experts"] = experts
+    return await stream_completion(client, url, body)
+
+
+async def stream_completion(client, url: str, body: dict) -> dict:
+    """POST a streaming /v1/completions; latency, time to first text and completion tokens (from usage)."""
     t0 = time.perf_counter()
     ttft, tokens = None, 0
     async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
