@@ -34,10 +34,12 @@ def _plan_kwargs(include, exclude, tags, exclude_tags, licences, selection) -> d
             "exclude_tags": list(exclude_tags) or None, "licences": list(licences) or None, "selection": selection}
 
 
-def _open_runtime(composition: str, experts_dir: str | None, base_spec: str | None, top_k: int | None = None):
+def open_runtime(composition: str, experts_dir: str | None, base_spec: str | None, top_k: int | None = None):
     """A local composition dir (with --experts) or a registry composition NAME[@VERSION]; ``top_k`` overrides
     the composition's experts per token (what ``serve --top-k`` does)."""
-    rt = _load_runtime(composition, experts_dir, base_spec)
+    from expertmesh.base import load_base
+
+    rt = load_runtime(composition, experts_dir, load_base(base_spec) if base_spec else None)
     if top_k is not None:
         from expertmesh.errors import ConfigError
 
@@ -54,12 +56,12 @@ def effective_top_k(rt) -> int:
     return int(getattr(router, "top_k", rt.spec.top_k))
 
 
-def _load_runtime(composition: str, experts_dir: str | None, base_spec: str | None):
-    from expertmesh.base import load_base
+def load_runtime(composition: str, experts_dir, base=None):
+    """A local composition dir (its members' packages in ``experts_dir``: one dir of packages or a name -> dir
+    mapping) or a registry NAME[@VERSION], on ``base`` (a loaded Base; None: the composition's own)."""
     from expertmesh.compose.runtime import CompositionRuntime
     from expertmesh.errors import ConfigError
 
-    base = load_base(base_spec) if base_spec else None
     if (Path(composition) / "composition.json").is_file():
         if not experts_dir:
             raise ConfigError("a local composition needs --experts DIR (one package per member name inside)")
@@ -174,13 +176,16 @@ def inspect_cmd(directory) -> None:
                    "routes, and sequence routing accuracy (corpus dir name = the expected expert's name or tag).")
 @click.option("--seq-len", default=256, show_default=True, type=int)
 @click.option("--max-blocks", default=16, show_default=True, type=int)
+@click.option("--opt-out-blocks", default=2, show_default=True, type=click.IntRange(min=0),
+              help="With --compare: blocks per corpus on which each expert's per-request opt-out is checked "
+                   "against the composition without it (max |logit diff|); 0 skips the check.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--store", is_flag=True,
               help="Keep the results (one per --data) in the local composition's provenance; the registry's "
                    "composition page shows them as its routing heat map once published.")
 @_request_options
-def eval_cmd(composition, datas, compare, seq_len, max_blocks, as_json, store, include, exclude, tags, exclude_tags,
-             licences, selection, experts_dir, base, top_k) -> None:
+def eval_cmd(composition, datas, compare, seq_len, max_blocks, opt_out_blocks, as_json, store, include, exclude, tags,
+             exclude_tags, licences, selection, experts_dir, base, top_k) -> None:
     """Held-out loss and perplexity of the public base vs the composition (with any request policy).
 
     Example: expertmesh compose eval compositions/clinic --experts experts/ --data data/corpora/law --exclude law
@@ -189,7 +194,7 @@ def eval_cmd(composition, datas, compare, seq_len, max_blocks, as_json, store, i
     """
     import math
 
-    from expertmesh.compose.evaluate import compare_on_corpora, evaluate_composition
+    from expertmesh.compose.evaluate import compare_on_corpora, compare_table_text, evaluate_composition
     from expertmesh.errors import ConfigError
 
     if len(datas) > 1 and not (compare or store):
@@ -200,7 +205,7 @@ def eval_cmd(composition, datas, compare, seq_len, max_blocks, as_json, store, i
     for d in datas:
         if not Path(d).exists():
             raise ConfigError(f"--data {d} does not exist")
-    rt = _open_runtime(composition, experts_dir, base, top_k)
+    rt = open_runtime(composition, experts_dir, base, top_k)
     if store:
         from expertmesh.compose.spec import store_evaluation
 
@@ -213,8 +218,8 @@ def eval_cmd(composition, datas, compare, seq_len, max_blocks, as_json, store, i
         return
     if compare:
         table = compare_on_corpora(rt, {Path(d).name.removesuffix(".jsonl"): d for d in datas}, seq_len=seq_len,
-                                   max_blocks=max_blocks)
-        click.echo(json.dumps(table, indent=2) if as_json else _compare_table(table))
+                                   max_blocks=max_blocks, opt_out_blocks=opt_out_blocks)
+        click.echo(json.dumps(table, indent=2) if as_json else compare_table_text(table))
         return
     data = datas[0]
     res = evaluate_composition(rt, data, seq_len=seq_len, max_blocks=max_blocks,
@@ -243,7 +248,7 @@ def generate_cmd(composition, prompt, max_new_tokens, temperature, top_p, seed, 
 
     Example: expertmesh generate compositions/clinic --experts experts/ "Aspirin is used for" --exclude law
     """
-    rt = _open_runtime(composition, experts_dir, base, top_k)
+    rt = open_runtime(composition, experts_dir, base, top_k)
     text = " ".join(prompt)
     plan = rt.plan([text], **_plan_kwargs(include, exclude, tags, exclude_tags, licences, selection))
     g = rt.generate([text], max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, plan=plan,
@@ -279,7 +284,7 @@ def route_cmd(composition, prompt, prompt_file, batch_size, as_json, include, ex
     if bool(prompt) == bool(prompt_file):
         raise InvalidInputError("give a PROMPT or --file PROMPTS.txt (one prompt per line), not both or neither")
     texts = [" ".join(prompt)] if prompt else _prompt_lines(prompt_file)   # checked before the model loads
-    rt = _open_runtime(composition, experts_dir, base, top_k)
+    rt = open_runtime(composition, experts_dir, base, top_k)
     if prompt_file:
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
@@ -313,20 +318,6 @@ def route_cmd(composition, prompt, prompt_file, batch_size, as_json, include, ex
         click.echo(f"{i:>5}  " + "  ".join(f"{row[n]:>10.3f}" for n in entries))
     for note in r["notes"] + rt.notes:
         click.echo(f"note: {note}")
-
-
-def _compare_table(table: dict) -> str:
-    members = list(table["corpora"][0]["experts"]) if table["corpora"] else []
-    head = ["corpus", "blocks", "base"] + [f"{m} alone" for m in members] + ["oracle", "composition", "routing acc"]
-    rows = [head]
-    for r in table["corpora"]:
-        acc = "n/a" if r["routing_accuracy"] is None else f"{r['routing_accuracy']:.2f}"
-        rows.append([r["domain"], str(r["blocks"]), f"{r['base']:.4f}"] + [f"{r['experts'][m]:.4f}" for m in members]
-                    + [f"{r['oracle']['loss']:.4f} ({r['oracle']['expert']})", f"{r['composition']:.4f}", acc])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [f"{table['composition']} ({table['router_type']}, selection {table['selection']}): held-out loss"]
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    return "\n".join(lines)
 
 
 def _prompt_lines(path: str) -> list[str]:

@@ -99,6 +99,7 @@ def demo(tiny, work, steps, max_docs, fresh) -> None:
     from clients.registry_client import RegistryClient
     from expertmesh.base import load_base
     from expertmesh.compose.build import build_composition
+    from expertmesh.compose.exactness import EXACT_TOL
     from expertmesh.compose.runtime import CompositionRuntime
     from expertmesh.expert.config import TrainConfig
     from expertmesh.expert.manifest import LoraSpec
@@ -191,7 +192,7 @@ def demo(tiny, work, steps, max_docs, fresh) -> None:
         rt2.close()
         diff = float((excluded - never).abs().max())
         click.echo(f"  max |logit difference|, 'exclude law' vs a composition that never had law: {diff:.2e}")
-        if diff > 1e-3:
+        if diff > EXACT_TOL:
             raise click.ClickException("opt-out was not exact")
 
         _say("6. the medicine owner withdraws its expert")

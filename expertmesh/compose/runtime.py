@@ -11,11 +11,12 @@ state a forward pass reads (masks, trace) lives on the model.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -121,6 +122,34 @@ class CompositionRuntime:
             self.model = self.router.build_model(self.base, experts, spec, tensors)
             self.withdrawn.discard(name)
             self._index = self._make_index()
+
+    @contextlib.contextmanager
+    def without(self, names: Iterable[str]) -> Iterator["CompositionRuntime | None"]:
+        """A runtime of this composition with ``names`` dropped (what a composition that never had them runs),
+        on the same base and expert weights; None when that leaves no member (then the base runs unwrapped).
+
+        Both wrap the one base in place, so this runtime is unwrapped for the block and rebuilt from its own
+        spec and tensors after it (same rows, same output); its lock is held throughout."""
+        names = list(names)
+        for n in names:
+            if n not in self.member_names:
+                raise UnknownMemberError(f"unknown expert {n!r}; this composition has {self.member_names}")
+        with self._lock:
+            self.model.close()
+            try:
+                if set(names) >= set(self.member_names):
+                    yield None
+                    return
+                spec, tensors = drop_members(self.spec, self.tensors, names, router=self.router)
+                sub = CompositionRuntime(spec, tensors, self.base, [e for e in self.experts if e.name not in names],
+                                         lazy=self.lazy)
+                sub.set_withdrawn(self.withdrawn)
+                try:
+                    yield sub
+                finally:
+                    sub.close()
+            finally:
+                self.model = self.router.build_model(self.base, self.experts, self.spec, self.tensors)
 
     def close(self) -> None:
         with self._lock:

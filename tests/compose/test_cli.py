@@ -105,9 +105,14 @@ def test_eval_compare_table_over_own_corpora(local_comp, tiny_base_dir, tiny_cor
         assert r["oracle"]["loss"] == min(r["experts"].values())
         assert 0.0 <= r["routing_accuracy"] <= 1.0
     assert rows["law"]["routing_accuracy"] == 1.0           # the retriever sends law text to the law expert
+    opt = table["opt_out"]                                   # 2 blocks per corpus, each member checked
+    assert opt["blocks"] == 4 and set(opt["experts"]) == {"law", "medicine", "code"}
+    assert all(r["exact"] and r["max_abs_diff"] <= opt["tolerance"] for r in opt["experts"].values())
     text = CliRunner().invoke(cli, ["compose", "eval", str(out), "--data", str(tiny_corpora["law"]), "--compare",
-                                    *common])
+                                    "--opt-out-blocks", "1", *common])
     assert "routing acc" in text.output and "oracle" in text.output
+    assert "opt-out exactness" in text.output and "over 1 blocks" in text.output
+    assert all(f"  {m}: " in text.output and "NOT EXACT" not in text.output for m in ("law", "medicine", "code"))
 
 
 def test_eval_store_keeps_the_evaluation_the_composition_page_draws(local_comp, tiny_base_dir, tiny_corpora,

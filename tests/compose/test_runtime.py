@@ -206,3 +206,44 @@ def test_min_score_sends_prompts_no_expert_resembles_to_the_public_base(tmp_path
     assert sum(plan.fallback) == 2
     with pytest.raises(ConfigError, match="min_score"):
         build_composition("bad", tiny_experts, "retrieve", min_score=1.5)
+
+
+def test_without_is_a_composition_without_the_member_and_gives_the_runtime_back(compositions, tiny_experts,
+                                                                                tiny_base_dir):
+    # Prepare: the full composition, and one built without law on a base of its own
+    rt = CompositionRuntime.load(compositions / "all3", tiny_experts, fresh_base(tiny_base_dir))
+    never = CompositionRuntime.load(compositions / "nolaw", tiny_experts, fresh_base(tiny_base_dir))
+    ids, mask = _ids(rt, PROMPTS)
+    before = rt.logits(ids, mask, rt.plan(PROMPTS))
+    # Execute
+    with rt.without(["law"]) as sub:
+        members = sub.member_names
+        dropped = sub.logits(ids, mask, sub.plan(PROMPTS))
+    with rt.without(["law", "medicine", "code"]) as nothing:
+        assert nothing is None
+    after = rt.logits(ids, mask, rt.plan(PROMPTS))
+    # Assert: the same logits as the built composition; the full runtime computes what it did before
+    assert members == ["medicine", "code"]
+    assert torch.allclose(dropped, never.logits(ids, mask, never.plan(PROMPTS)), atol=1e-5)
+    assert torch.equal(before, after)
+    with pytest.raises(UnknownExpertError):
+        with rt.without(["nope"]):
+            pass
+
+
+def test_opt_out_exactness_reports_each_member_and_catches_a_leak(compositions, tiny_experts, tiny_base_dir,
+                                                                  monkeypatch):
+    from expertmesh.compose.exactness import EXACT_TOL, opt_out_exactness
+
+    # Prepare: three blocks of token ids (full blocks, as held-out evaluation packs them)
+    rt = CompositionRuntime.load(compositions / "all3", tiny_experts, fresh_base(tiny_base_dir))
+    blocks = torch.randint(0, rt.base.tokenizer.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    # Execute: honest opt-out, then a plan that ignores exclude (what a leak would look like)
+    honest = opt_out_exactness(rt, blocks, batch_size=2)
+    plan = rt.plan
+    monkeypatch.setattr(rt, "plan", lambda prompts, exclude=None, **kw: plan(prompts, **kw))
+    leaky = opt_out_exactness(rt, blocks)
+    # Assert
+    assert honest["blocks"] == 3 and list(honest["experts"]) == rt.member_names == ["medicine", "law", "code"]
+    assert all(r["exact"] and r["max_abs_diff"] <= EXACT_TOL for r in honest["experts"].values())
+    assert not any(r["exact"] for r in leaky["experts"].values())
