@@ -1,0 +1,96 @@
+"""``bench --own`` on the tiny model: the user's experts (local and published) on the user's corpora, one table and
+one JSON over the built compositions, with each composition's opt-out exactness."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+def test_help_names_own_with_an_example():
+    res = CliRunner().invoke(cli, ["bench", "--help"])
+    assert res.exit_code == 0 and "--own" in res.output
+    assert any(ln.strip().startswith("Example: expertmesh bench --own --local")
+               for ln in cli.commands["bench"].help.splitlines())       # tests/test_examples.py parses it
+
+
+def test_own_bench_of_local_experts(tiny_experts, tiny_corpora, tiny_base_dir, tmp_path):
+    # Prepare
+    out = tmp_path / "own"
+    args = ["bench", "--own", "--local", str(tiny_experts["law"].parent), "--data", str(tiny_corpora["law"]),
+            "--data", str(tiny_corpora["medicine"]), "--base", str(tiny_base_dir), "--seq-len", "16",
+            "--eval-blocks", "2", "--opt-out-blocks", "1", "--out", str(out)]
+    # Execute
+    res = CliRunner().invoke(cli, args)
+    # Assert: one table per router type; base, experts alone and oracle measured once, on the first
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "own-bench.json").read_text())
+    first, second = doc["tables"]
+    assert [t["router_type"] for t in doc["tables"]] == ["domain", "retrieve"]
+    assert set(doc["experts"]) == {"law", "medicine", "code"} and doc["command"].startswith("expertmesh ")
+    for r in first["corpora"]:
+        assert set(r["experts"]) == {"law", "medicine", "code"} and r["base"] > 0
+        assert r["oracle"]["loss"] == min(r["experts"].values())
+    assert all(r["base"] is None and r["experts"] == {} for r in second["corpora"])
+    assert [r["domain"] for r in second["corpora"]] == ["law", "medicine"]
+    assert second["corpora"][0]["routing_accuracy"] == 1.0          # the retriever sends law text to law
+    for t in doc["tables"]:
+        assert t["opt_out"]["blocks"] == 2 and set(t["opt_out"]["experts"]) == {"law", "medicine", "code"}
+        assert all(r["exact"] for r in t["opt_out"]["experts"].values())
+    text = (out / "own-bench.txt").read_text()
+    assert text.strip() in res.output
+    assert "law alone" in text and "opt-out exactness of own-domain" in text and "opt-out exactness of own-retrieve" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--own", "--local", "x"], "needs at least one --data"),
+    (["--own", "--data", "no/such/corpus", "--local", "."], "no/such/corpus does not exist"),
+    (["--data", "."], "belong to --own"),
+])
+def test_own_bench_refuses_before_the_base_loads(args, message):
+    res = CliRunner().invoke(cli, ["bench", *args, "--base", "no/such/base"])
+    assert res.exit_code == 1 and message in res.output
+
+
+@pytest.fixture
+def registry(tmp_path, tiny_base_dir):
+    pytest.importorskip("registry.app")
+    from clients.registry_client import RegistryClient
+    from expertmesh.base import load_base
+    from registry.app import create_app
+    from registry.settings import RegistrySettings
+    from tests.registry.conftest import ADMIN_TOKEN, LiveServer
+
+    settings = RegistrySettings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'r.db'}",
+                                base_fingerprint=load_base(str(tiny_base_dir)).fingerprint, admin_token=ADMIN_TOKEN)
+    with LiveServer(create_app(settings)) as server, RegistryClient(server.url, ADMIN_TOKEN) as admin:
+        admin.create_owner("acme")
+        yield server.url, admin.create_token("acme", ["read", "publish"]).token
+
+
+def test_own_bench_of_published_experts(registry, tiny_experts, tiny_corpora, tiny_base_dir, tmp_path, monkeypatch):
+    from clients.registry_client import RegistryClient
+
+    # Prepare: law and medicine published; code stays local
+    url, token = registry
+    monkeypatch.setenv("EXPERTMESH_REGISTRY_URL", url)
+    monkeypatch.setenv("EXPERTMESH_TOKEN", token)
+    with RegistryClient(url, token) as reg:
+        for name in ("law", "medicine"):
+            reg.publish(tiny_experts[name])
+    out = tmp_path / "own"
+    # Execute
+    res = CliRunner().invoke(cli, ["bench", "--own", "--expert", "law", "--expert", "medicine@1", "--local",
+                                   str(tiny_experts["code"]), "--router", "domain", "--data",
+                                   str(tiny_corpora["law"]), "--base", str(tiny_base_dir), "--seq-len", "16",
+                                   "--eval-blocks", "2", "--out", str(out)])
+    # Assert: the published experts were pulled under OUT and scored beside the local one
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "own-bench.json").read_text())
+    assert doc["experts"]["law"] == str(out / "experts" / "law") and (out / "experts" / "medicine").is_dir()
+    (table,) = doc["tables"]
+    assert set(table["corpora"][0]["experts"]) == {"law", "medicine", "code"}
+    assert all(r["exact"] for r in table["opt_out"]["experts"].values())
