@@ -44,6 +44,10 @@ def dry_parse(example: str) -> None:
     words = shlex.split(example, comments=True)
     words = words[words.index("expertmesh") + 1:]
     cmd, ctx = cli, None
+    if words and words[0].startswith("-") and words[0] not in ("--help", "-h", "--version"):
+        # group options first (`expertmesh --profile clinic publish ...`): parse them, then go on with the rest
+        ctx = cli.make_context("expertmesh", list(words))
+        words = [*(ctx._protected_args if hasattr(ctx, "_protected_args") else ctx.protected_args), *ctx.args]
     while isinstance(cmd, click.Group) and words and not words[0].startswith("-"):
         sub = cmd.get_command(click.Context(cmd), words[0])
         assert sub is not None, f"no command {words[0]!r} in: {example}"

@@ -68,7 +68,7 @@ def registry(tmp_path, tiny_base_dir):
                                 base_fingerprint=load_base(str(tiny_base_dir)).fingerprint, admin_token=ADMIN_TOKEN)
     with LiveServer(create_app(settings)) as server, RegistryClient(server.url, ADMIN_TOKEN) as admin:
         admin.create_owner("acme")
-        yield server.url, admin.create_token("acme", ["read", "publish"]).token
+        yield server.url, admin.create_token("acme", ["read", "publish", "coordinate"]).token
 
 
 def test_own_bench_of_published_experts(registry, tiny_experts, tiny_corpora, tiny_base_dir, tmp_path, monkeypatch):
@@ -81,16 +81,22 @@ def test_own_bench_of_published_experts(registry, tiny_experts, tiny_corpora, ti
     with RegistryClient(url, token) as reg:
         for name in ("law", "medicine"):
             reg.publish(tiny_experts[name])
+    monkeypatch.setenv("EXPERTMESH_CACHE", str(tmp_path / "cache"))
+    stored = CliRunner().invoke(cli, ["compose", "build", "pair", "--router", "retrieve", "--top-m", "1"])
     out = tmp_path / "own"
     # Execute
     res = CliRunner().invoke(cli, ["bench", "--own", "--expert", "law", "--expert", "medicine@1", "--local",
-                                   str(tiny_experts["code"]), "--router", "domain", "--data",
-                                   str(tiny_corpora["law"]), "--base", str(tiny_base_dir), "--seq-len", "16",
-                                   "--eval-blocks", "2", "--out", str(out)])
-    # Assert: the published experts were pulled under OUT and scored beside the local one
+                                   str(tiny_experts["code"]), "--router", "domain", "--composition", "pair",
+                                   "--data", str(tiny_corpora["law"]), "--base", str(tiny_base_dir), "--seq-len",
+                                   "16", "--eval-blocks", "2", "--out", str(out)])
+    # Assert: the published experts were pulled under OUT and scored beside the local one; the registry
+    # composition of two of them is scored beside the built one without measuring them again
+    assert stored.exit_code == 0 and "stored pair@1" in stored.output, stored.output
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "own-bench.json").read_text())
     assert doc["experts"]["law"] == str(out / "experts" / "law") and (out / "experts" / "medicine").is_dir()
-    (table,) = doc["tables"]
-    assert set(table["corpora"][0]["experts"]) == {"law", "medicine", "code"}
-    assert all(r["exact"] for r in table["opt_out"]["experts"].values())
+    built, pair = doc["tables"]
+    assert set(built["corpora"][0]["experts"]) == {"law", "medicine", "code"}
+    assert pair["composition"] == "pair@1" and pair["router_type"] == "retrieve"
+    assert pair["corpora"][0]["base"] is None and set(pair["opt_out"]["experts"]) == {"law", "medicine"}
+    assert all(r["exact"] for t in doc["tables"] for r in t["opt_out"]["experts"].values())
