@@ -35,23 +35,6 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
                "TOKENIZERS_PARALLELISM": "false", "FLWR_TELEMETRY_ENABLED": "0"}.items():
     os.environ.setdefault(_k, _v)
 
-TASK_YAML = """task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-target_delimiter: "\\n"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
-
-
 def _lines(text: str) -> list[str]:
     return [re.sub(r"\s+", " ", ln).strip() for ln in text.splitlines() if len(ln.strip()) >= 20]
 
@@ -84,6 +67,7 @@ def next_line_items(records: list[dict], n_items: int, n_choices: int, seed: int
 
 
 def write_tasks(work: Path, corpora: dict[str, Path], n_items: int, n_choices: int, seed: int) -> dict[str, int]:
+    from benchmarks.lm_eval_tasks import write_task
     from expertmesh.corpora.records import read_records
 
     tasks = work / "tasks"
@@ -92,8 +76,9 @@ def write_tasks(work: Path, corpora: dict[str, Path], n_items: int, n_choices: i
     for d, path in corpora.items():
         items = next_line_items(read_records(path / "heldout.jsonl"), n_items, n_choices, seed)
         (tasks / f"{d}.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items), encoding="utf-8")
-        (tasks / f"{d}.yaml").write_text(TASK_YAML.format(task=f"mesh_nextline_{d}", data=tasks / f"{d}.jsonl"),
-                                         encoding="utf-8")
+        # "\n": the choice is the next line of the document, so it follows the context after a line break.
+        write_task(tasks / f"{d}.yaml", f"mesh_nextline_{d}", tasks / f"{d}.jsonl", metrics=("acc", "acc_norm"),
+                   target_delimiter="\n")
         counts[d] = len(items)
     return counts
 

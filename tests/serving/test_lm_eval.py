@@ -23,38 +23,8 @@ from tests.serving.conftest import free_port
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
-CHOICE_YAML = """task: mesh_tiny_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-"""
-GEN_YAML = """task: mesh_tiny_gen
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{context}}}}"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 6
-  do_sample: false
-metric_list:
-  - metric: exact_match
-"""
-
-
 def write_tasks(root: Path) -> Path:
+    from benchmarks.lm_eval_tasks import write_task
     from expertmesh.testing import TINY_TEXTS
 
     root.mkdir(parents=True, exist_ok=True)
@@ -64,8 +34,9 @@ def write_tasks(root: Path) -> Path:
     (root / "choice.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (root / "gen.jsonl").write_text("".join(json.dumps({"context": t[:20], "answer": t[20:30]}) + "\n"
                                             for t in texts), encoding="utf-8")
-    (root / "choice.yaml").write_text(CHOICE_YAML.format(data=root / "choice.jsonl"), encoding="utf-8")
-    (root / "gen.yaml").write_text(GEN_YAML.format(data=root / "gen.jsonl"), encoding="utf-8")
+    write_task(root / "choice.yaml", "mesh_tiny_choice", root / "choice.jsonl")
+    write_task(root / "gen.yaml", "mesh_tiny_gen", root / "gen.jsonl", output_type="generate_until",
+               metrics=("exact_match",), generation_kwargs={"until": ["\n"], "max_gen_toks": 6, "do_sample": False})
     return root
 
 
