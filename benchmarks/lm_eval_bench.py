@@ -121,24 +121,19 @@ def _free_port() -> int:
 
 
 def serve(comp: Path, experts: Path, base_dir: Path, port: int, log: Path, threads: int) -> subprocess.Popen:
-    import httpx
+    from expertmesh.procwait import NotReadyError, wait_until_ready
 
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--composition", str(comp), "--experts",
                              str(experts), "--base", str(base_dir), "--port", str(port), "--max-batch", "8",
                              "--threads", str(threads), "--log-level", "warning"],
                             cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.terminate()
-    raise RuntimeError("serve did not become ready in 10 min")
+    try:
+        wait_until_ready(proc, f"http://127.0.0.1:{port}/readyz", timeout=600, interval=1.0, name="serve", log=log)
+    except NotReadyError:
+        if proc.poll() is None:
+            proc.terminate()
+        raise
+    return proc
 
 
 def plain_base_dir(base_dir: Path, work: Path) -> Path:

@@ -130,19 +130,10 @@ class Proc:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, path: str, timeout: float = 900.0) -> None:
-        import httpx
+        from expertmesh.procwait import wait_until_ready
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        raise RuntimeError(f"{self.name} not ready in {timeout:.0f} s")
+        wait_until_ready(self.proc, self.url + path, timeout=timeout, interval=1.0, name=self.name,
+                         log=self.log.name)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

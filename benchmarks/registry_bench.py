@@ -89,19 +89,15 @@ def start_server(work: Path, db: str | None) -> tuple[subprocess.Popen, str]:
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                              "--no-access-log"], env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    import httpx
+    from expertmesh.procwait import NotReadyError, wait_until_ready
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"registry exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit("registry did not start in 60 s")
+    try:
+        wait_until_ready(proc, url + "/healthz", timeout=60, interval=0.2, probe_timeout=1.0, name="registry")
+    except NotReadyError as e:
+        if proc.poll() is None:
+            proc.terminate()
+        raise SystemExit(str(e)) from None
+    return proc, url
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

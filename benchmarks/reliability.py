@@ -183,24 +183,15 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> "Server":
-        import httpx
+        from expertmesh.procwait import wait_until_ready
 
         env = {**ENV, "EXPERTMESH_REGISTRY_ADMIN_TOKEN": self.admin,
                "EXPERTMESH_REGISTRY_BASE_FINGERPRINT": "f" * 16 + "0123456789abcdef" * 3}
         cmd = [PY, "-m", "cli.main", "registry", "serve", "--db", self.db_url, "--data-dir",
                str(self.data_dir), "--port", str(self.port), "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"registry exited with {self.proc.returncode}")
-            time.sleep(0.1)
-        raise RuntimeError("registry did not become healthy")
+        wait_until_ready(self.proc, self.url + "/healthz", timeout=timeout, interval=0.1, name="registry")
+        return self
 
     def kill9(self) -> None:
         assert self.proc is not None

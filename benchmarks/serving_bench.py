@@ -152,19 +152,10 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
-        import httpx
+        from expertmesh.procwait import wait_until_ready
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_file.name}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("server did not become ready")
+        wait_until_ready(self.proc, f"{self.url}/readyz", timeout=timeout, interval=0.5, name="server",
+                         log=self.log_file.name)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

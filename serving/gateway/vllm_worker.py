@@ -22,7 +22,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,20 +109,13 @@ class VLLMProcess:
 
     def wait_ready(self, timeout: float = 600.0) -> "VLLMProcess":
         """Poll /health until it answers 200 (start-up is ~1-3 min on 2 shared cores)."""
-        import httpx
+        from expertmesh.procwait import wait_until_ready
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RuntimeError(f"vLLM exited with {code} before it was ready; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        raise RuntimeError(f"vLLM was not ready within {timeout:.0f} s; see {self.log_path}")
+        if self.proc is None:
+            raise RuntimeError("vLLM was never started: call start() before wait_ready()")
+        wait_until_ready(self.proc, f"{self.url}/health", timeout=timeout, interval=1.0, name="vLLM",
+                         log=self.log_path)
+        return self
 
     @property
     def alive(self) -> bool:

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -44,6 +43,7 @@ def write_tasks(root: Path) -> Path:
 def live_serve(tmp_path, serving_experts, tiny_base_dir):
     """``expertmesh serve`` as its own process over a local composition of the tiny experts."""
     from expertmesh.compose import build_composition
+    from expertmesh.procwait import NotReadyError, wait_until_ready
 
     for name, d in serving_experts.items():
         shutil.copytree(d, tmp_path / "experts" / name)
@@ -55,20 +55,11 @@ def live_serve(tmp_path, serving_experts, tiny_base_dir):
                              "--max-context", "512", "--log-level", "warning"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300           # generous: a busy machine imports torch slowly
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {(tmp_path / 'serve.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("serve did not become ready")
-            time.sleep(0.5)
+    try:                                        # generous: a busy machine imports torch slowly
+        wait_until_ready(proc, f"{url}/readyz", timeout=300, name="serve", log=tmp_path / "serve.log")
         yield url
+    except NotReadyError as e:
+        raise RuntimeError(f"{e}: {(tmp_path / 'serve.log').read_text()[-2000:]}") from None
     finally:
         proc.terminate()
         proc.wait(30)
