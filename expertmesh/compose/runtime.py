@@ -129,12 +129,14 @@ class CompositionRuntime:
         on the same base and expert weights; None when that leaves no member (then the base runs unwrapped).
 
         Both wrap the one base in place, so this runtime is unwrapped for the block and rebuilt from its own
-        spec and tensors after it (same rows, same output); its lock is held throughout."""
+        spec and tensors after it (same rows, same output); its lock is held throughout. A top-k set on the
+        running router (``--top-k``) carries over to both."""
         names = list(names)
         for n in names:
             if n not in self.member_names:
                 raise UnknownMemberError(f"unknown expert {n!r}; this composition has {self.member_names}")
         with self._lock:
+            top_k = getattr(getattr(self.model, "router", None), "top_k", None)
             self.model.close()
             try:
                 if set(names) >= set(self.member_names):
@@ -144,12 +146,14 @@ class CompositionRuntime:
                 sub = CompositionRuntime(spec, tensors, self.base, [e for e in self.experts if e.name not in names],
                                          lazy=self.lazy)
                 sub.set_withdrawn(self.withdrawn)
+                _set_top_k(sub.model, top_k)
                 try:
                     yield sub
                 finally:
                     sub.close()
             finally:
                 self.model = self.router.build_model(self.base, self.experts, self.spec, self.tensors)
+                _set_top_k(self.model, top_k)
 
     def close(self) -> None:
         with self._lock:
@@ -260,6 +264,12 @@ class CompositionRuntime:
                 gens.append(Generation(text=tok.decode(ids, skip_special_tokens=True), token_ids=ids,
                                        trace=self.last_trace(plan, b, per_layer=per_layer) if trace else {}))
         return gens
+
+
+def _set_top_k(model, top_k: int | None) -> None:
+    router = getattr(model, "router", None)
+    if top_k is not None and router is not None and hasattr(router, "top_k"):
+        router.top_k = top_k
 
 
 def drop_members(spec: CompositionSpec, tensors: dict, names: list[str], *, router=None):

@@ -109,7 +109,7 @@ def test_eval_compare_table_over_own_corpora(local_comp, tiny_base_dir, tiny_cor
     assert opt["blocks"] == 4 and set(opt["experts"]) == {"law", "medicine", "code"}
     assert all(r["exact"] and r["max_abs_diff"] <= opt["tolerance"] for r in opt["experts"].values())
     text = CliRunner().invoke(cli, ["compose", "eval", str(out), "--data", str(tiny_corpora["law"]), "--compare",
-                                    "--opt-out-blocks", "1", *common])
+                                    "--opt-out-blocks", "1", "--top-k", "1", *common])   # top-k held in the check
     assert "routing acc" in text.output and "oracle" in text.output
     assert "opt-out exactness" in text.output and "over 1 blocks" in text.output
     assert all(f"  {m}: " in text.output and "NOT EXACT" not in text.output for m in ("law", "medicine", "code"))

@@ -222,10 +222,14 @@ def test_without_is_a_composition_without_the_member_and_gives_the_runtime_back(
     with rt.without(["law", "medicine", "code"]) as nothing:
         assert nothing is None
     after = rt.logits(ids, mask, rt.plan(PROMPTS))
+    rt.model.router.top_k = 1                                    # what `--top-k 1` sets on the running router
+    with rt.without(["law"]) as sub:
+        sub_top_k = sub.model.router.top_k
     # Assert: the same logits as the built composition; the full runtime computes what it did before
     assert members == ["medicine", "code"]
     assert torch.allclose(dropped, never.logits(ids, mask, never.plan(PROMPTS)), atol=1e-5)
     assert torch.equal(before, after)
+    assert sub_top_k == 1 and rt.model.router.top_k == 1             # the override survives on both
     with pytest.raises(UnknownExpertError):
         with rt.without(["nope"]):
             pass
