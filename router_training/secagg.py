@@ -227,11 +227,40 @@ def router_update(owners: list, kind_name: str, train_cfg: dict, digest: str, op
     return update
 
 
+def tuning_config(setup, **fields) -> SecAggConfig:
+    """The SecAgg+ settings for tuning ``setup`` (a ServerSetup): ``max_weight`` is the tokens one owner trains per
+    round (its FedAvg weight: steps * batch_size * seq_len, e.g. 8 * 4 * 128 = 4,096), the tightest safe value;
+    ``fields`` override any SecAggConfig field."""
+    from router_training.kinds import get_kind
+
+    t = setup.train
+    max_weight = float(t.get("steps", 8) * t.get("batch_size", 4) * get_kind(setup.kind).seq_len(t))
+    return SecAggConfig(**{"max_weight": max_weight, **fields})
+
+
+def check_secure_federation(num_owners: int, federation) -> None:
+    """What SecAgg+ tuning (``tune_secure``) cannot combine with, refused before any model is loaded."""
+    if num_owners < 3:
+        raise ConfigError(f"secure aggregation needs at least 3 owners (got {num_owners}): with 2, each learns the "
+                          "other's update from the sum")
+    if federation.dp.mode != "none":
+        raise ConfigError(f"secure aggregation does not run with DP (dp mode {federation.dp.mode!r}): tune_secure "
+                          "adds no clipping or noise; drop one of the two")
+    if federation.fraction != 1.0:
+        raise ConfigError(f"secure aggregation samples every owner each round (fraction 1.0), got "
+                          f"fraction={federation.fraction}")
+    if federation.min_clients < 2:
+        raise ConfigError(f"secure aggregation needs min_clients >= 2 (got {federation.min_clients}): one owner's "
+                          "sum is its update")
+
+
 def tune_secure(setup, owners: list, cfg: SecAggConfig | None = None, *, total_cpus: int = 2) -> dict:
     """Federated router (or MoT) tuning where the coordinator sees only SecAgg+ sums; same inputs and outputs as
-    ``simulate(setup, owners)`` (a composition under ``setup.out`` and history.json), plus per-round time and bytes.
+    ``simulate(setup, owners)`` (a composition under ``setup.out`` and history.json, published to
+    ``setup.registry`` when set), plus per-round time and bytes. The composition's provenance records
+    ``secure_aggregation: true`` and the SecAgg+ settings under ``secure_aggregation_config``.
 
-    ``max_weight`` defaults to the tokens one owner trains per round (its FedAvg weight), the tightest safe value.
+    ``cfg`` defaults to ``tuning_config(setup)``.
     """
     import dataclasses
     import json
@@ -243,9 +272,9 @@ def tune_secure(setup, owners: list, cfg: SecAggConfig | None = None, *, total_c
     from expertmesh.fileio import write_json_atomic
     from router_training.kinds import get_kind, load_for_kind
 
+    check_secure_federation(len(owners), setup.federation)
     kind = get_kind(setup.kind)
-    t = setup.train
-    cfg = cfg or SecAggConfig(max_weight=float(t.get("steps", 8) * t.get("batch_size", 4) * kind.seq_len(t)))
+    cfg = cfg or tuning_config(setup)
     loaded = load_for_kind(kind, setup.composition, setup.experts, setup.base, setup.kind_options)
     try:
         initial = {k: v.detach().float().numpy() for k, v in kind.arrays(loaded.model).items()}
@@ -261,12 +290,17 @@ def tune_secure(setup, owners: list, cfg: SecAggConfig | None = None, *, total_c
         name = setup.name or f"{source}-tuned"[:64]
         output = kind.save(loaded.model, loaded, setup.experts, setup.out, name,
                            {"federation": setup.federation.to_dict(), "train": setup.train,
-                            "secure_aggregation": {"protocol": "secagg+", **dataclasses.asdict(cfg)},
+                            "secure_aggregation": True,
+                            "secure_aggregation_config": {"protocol": "secagg+", **dataclasses.asdict(cfg)},
                             "aggregated_rounds": len(done)})
     finally:
         loaded.close()
     history = {"setup": setup.to_dict(), "secure_aggregation": dataclasses.asdict(cfg), "owners": len(owners),
                "rounds": [{k: v for k, v in dataclasses.asdict(s).items() if k != "aggregate"} for s in stats],
                "aggregated_rounds": len(done), "output": output}
+    if setup.registry:
+        from router_training.server_app import publish_output
+
+        publish_output(setup.registry, output)
     write_json_atomic(Path(setup.out) / "history.json", json.loads(json.dumps(history, default=str)))
     return history
