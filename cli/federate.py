@@ -75,7 +75,7 @@ def train_options(lr: float):
 def _report_secure(history: dict) -> None:
     for r in history["rounds"]:
         click.echo(f"round {r['round']}: secagg+ {r['seconds']}s, {r['bytes_up']} bytes up, {r['bytes_down']} bytes "
-                   f"down, {r['replies']} replies, {r['failures']} failures")
+                   f"down, {r['results']} owners in the sum, {r['failures']} failures")
     click.echo(f"wrote {json.dumps(history['output'])}")
 
 

@@ -69,7 +69,8 @@ class RoundStats:
     bytes_up: int = 0                    # owners -> server payload
     messages: int = 0
     replies: int = 0
-    failures: int = 0
+    failures: int = 0                    # error replies as Flower lists them (the fit stage's, twice)
+    results: int = 0                     # owners whose update is in the aggregate
     aggregate: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
@@ -105,8 +106,17 @@ class MeteredGrid:
         return replies
 
 
-def _recording_fedavg(names: list[str], initial: dict[str, np.ndarray], min_clients: int,
+def _recording_fedavg(names: list[str], initial: dict[str, np.ndarray], num_owners: int, min_clients: int,
                       rounds: dict[int, RoundStats], state: dict):
+    """Legacy FedAvg that samples every one of ``num_owners`` and aggregates only with >= ``min_clients`` results.
+
+    Why both: the legacy client manager learns the simulation's nodes by polling while they register, and
+    FedAvg samples ``max(int(available * fraction), min_fit_clients)`` as soon as ``min_available_clients`` are
+    known. With both set to ``min_clients`` (3 of 4 owners), a round that started before the 4th node was seen
+    sampled only 3, so one dropped owner left 2 in the sum (seen under load: 11 replies instead of 15, the
+    aggregate FedAvg over two owners). Waiting for and sampling all owners makes the round's membership fixed;
+    ``min_clients`` then means what it means in the plain federation: the fewest good replies that aggregate.
+    """
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.strategy import FedAvg
 
@@ -116,22 +126,25 @@ def _recording_fedavg(names: list[str], initial: dict[str, np.ndarray], min_clie
             return super().configure_fit(server_round, parameters, client_manager)
 
         def aggregate_fit(self, server_round, results, failures):
-            params, metrics = super().aggregate_fit(server_round, results, failures)
             st = rounds.setdefault(server_round, RoundStats(server_round))
             st.seconds = round(time.perf_counter() - state["t0"], 3)
             st.failures = len(failures)
+            st.results = len(results)
+            if len(results) < min_clients:      # too few owners answered: the round does not move the model
+                return None, {}
+            params, metrics = super().aggregate_fit(server_round, results, failures)
             if params is not None:
                 st.aggregate = dict(zip(names, parameters_to_ndarrays(params)))
             return params, metrics
 
     return RecordingFedAvg(initial_parameters=ndarrays_to_parameters([initial[k] for k in names]),
-                           fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=min_clients,
-                           min_evaluate_clients=0, min_available_clients=min_clients,
+                           fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=num_owners,
+                           min_evaluate_clients=0, min_available_clients=num_owners,
                            accept_failures=True, on_fit_config_fn=lambda r: {"server_round": r})
 
 
-def make_server_app(initial: dict[str, np.ndarray], num_rounds: int, min_clients: int, cfg: SecAggConfig | None,
-                    rounds: dict[int, RoundStats]):
+def make_server_app(initial: dict[str, np.ndarray], num_rounds: int, num_owners: int, min_clients: int,
+                    cfg: SecAggConfig | None, rounds: dict[int, RoundStats]):
     """ServerApp: FedAvg over ``initial``'s arrays; SecAgg+ when ``cfg`` is given, Flower's plain fit otherwise."""
     from flwr.server import LegacyContext, ServerApp, ServerConfig
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
@@ -142,7 +155,7 @@ def make_server_app(initial: dict[str, np.ndarray], num_rounds: int, min_clients
 
     @app.main()
     def main(grid, context) -> None:
-        strategy = _recording_fedavg(names, initial, min_clients, rounds, state)
+        strategy = _recording_fedavg(names, initial, num_owners, min_clients, rounds, state)
         ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=num_rounds), strategy=strategy)
         fit = None if cfg is None else SecAggPlusWorkflow(
             num_shares=cfg.num_shares, reconstruction_threshold=cfg.reconstruction_threshold,
@@ -191,7 +204,7 @@ def run_secure(initial: dict[str, np.ndarray], update: Update, *, num_owners: in
     level = flwr_log.level
     flwr_log.setLevel(logging.WARNING)
     try:
-        run_simulation(server_app=make_server_app(initial, num_rounds, min_clients or num_owners,
+        run_simulation(server_app=make_server_app(initial, num_rounds, num_owners, min_clients or num_owners,
                                                   cfg if secure else None, rounds),
                        client_app=make_client_app(names, update, secure=secure), num_supernodes=num_owners,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
