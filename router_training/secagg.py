@@ -262,9 +262,9 @@ def check_secure_federation(num_owners: int, federation) -> None:
     if federation.fraction != 1.0:
         raise ConfigError(f"secure aggregation samples every owner each round (fraction 1.0), got "
                           f"fraction={federation.fraction}")
-    if federation.min_clients < 2:
-        raise ConfigError(f"secure aggregation needs min_clients >= 2 (got {federation.min_clients}): one owner's "
-                          "sum is its update")
+    if not 2 <= federation.min_clients <= num_owners:
+        raise ConfigError(f"secure aggregation needs 2 <= min_clients <= {num_owners} owners (got "
+                          f"{federation.min_clients}): one owner's sum is its update, and more than all never comes")
 
 
 def tune_secure(setup, owners: list, cfg: SecAggConfig | None = None, *, total_cpus: int = 2) -> dict:
