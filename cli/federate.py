@@ -72,9 +72,21 @@ def train_options(lr: float):
                    click.option("--lr", default=lr, show_default=True, type=float)])
 
 
+def _report_secure(history: dict) -> None:
+    for r in history["rounds"]:
+        click.echo(f"round {r['round']}: secagg+ {r['seconds']}s, {r['bytes_up']} bytes up, {r['bytes_down']} bytes "
+                   f"down, {r['results']} owners in the sum, {r['failures']} failures")
+    click.echo(f"wrote {json.dumps(history['output'])}")
+
+
 def _run(kind, composition, experts, base, out, name, train, kind_options, central, clients, rounds, min_clients,
-         fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry=None, seed=0):
+         fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry=None, seed=0, secagg=None):
     owners = _owners(composition, experts, clients, base)
+    if central and secagg is not None:
+        from expertmesh.errors import ConfigError
+
+        raise ConfigError("--central pools the corpora at the coordinator, so there is nothing to aggregate "
+                          "securely; drop --central or --secure-aggregation")
     if central:
         from router_training.central import train_central
 
@@ -91,6 +103,12 @@ def _run(kind, composition, experts, base, out, name, train, kind_options, centr
                         kind_options=kind_options, train=train, name=name, registry=registry, seed=seed,
                         federation=_federation(rounds, min_clients, fraction, round_timeout, dp, dp_clip, dp_noise,
                                                dp_epsilon, len(owners)))
+    if secagg is not None:
+        from router_training.secagg import tune_secure, tuning_config
+
+        # tune_secure refuses what SecAgg+ cannot combine with (DP, sampling, < 3 owners) before loading a model
+        _report_secure(tune_secure(setup, owners, tuning_config(setup, **secagg), total_cpus=cpus))
+        return
     # One Ray actor with every core: owners train in turn, one copy of the base in memory (see simulate.py).
     _report(simulate(setup, owners, cpus_per_client=cpus, total_cpus=cpus))
 
@@ -115,16 +133,28 @@ def federate() -> None:
 @click.option("--central", is_flag=True, help="Pool the corpora and tune centrally (upper bound), same budget.")
 @click.option("--registry", default=None, help="Publish the tuned composition to this registry URL.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--secure-aggregation", is_flag=True,
+              help="Flower SecAgg+: the coordinator sees only the sum of the owners' updates (needs >= 3 owners, "
+                   "every owner each round, no --dp, no --central).")
+@click.option("--secagg-threshold", default=0.5, show_default=True, type=float,
+              help="SecAgg+ reconstruction threshold: share of an owner's neighbours needed to unmask; lower "
+                   "tolerates more dropped owners.")
 def tune(composition, experts, out, base, name, clients, rounds, min_clients, fraction, round_timeout, dp, dp_clip,
-         dp_noise, dp_epsilon, cpus, steps, batch_size, seq_len, lr, no_bias, central, registry, seed) -> None:
+         dp_noise, dp_epsilon, cpus, steps, batch_size, seq_len, lr, no_bias, central, registry, seed,
+         secure_aggregation, secagg_threshold) -> None:
     """Federated router tuning: FedAvg over the rows (and bias) each owner tunes on its own data.
+
+    With --secure-aggregation the same tuning runs under SecAgg+ and the tuned composition's provenance records
+    secure_aggregation: true and the protocol settings.
 
     Example: expertmesh federate tune --composition comps/clinic --experts experts --clients corpora/law,corpora/medicine,corpora/code --rounds 3 --steps 8 --out runs/tune
     """
     train = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "train_bias": not no_bias,
              "seed": seed}
+    # a SecAgg+ stage waits at most --round-timeout seconds for the owners' replies, as a plain round does
+    secagg = {"reconstruction_threshold": secagg_threshold, "timeout": round_timeout} if secure_aggregation else None
     _run("router", composition, experts, base, out, name, train, {}, central, clients, rounds, min_clients,
-         fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed)
+         fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed, secagg)
 
 
 @federate.command("mot-train")

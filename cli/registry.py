@@ -34,8 +34,11 @@ def _echo_json(obj: Any) -> None:
     def conv(o: Any) -> Any:
         return dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o
 
+    def default(o: Any) -> str:   # the wire's datetimes, back to the ISO 8601 text they came as
+        return o.isoformat() if hasattr(o, "isoformat") else str(o)
+
     data = [conv(o) for o in obj] if isinstance(obj, list) else conv(obj)
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=default))
 
 
 _db_opts = [
@@ -227,7 +230,8 @@ def audit_cmd(subject, limit, as_json) -> None:  # noqa: ANN001
     for a in rows:
         ver = f"@{a.subject_version}" if a.subject_version else ""
         extra = f" reason={a.detail['reason']!r}" if "reason" in a.detail else ""
-        click.echo(f"{a.at}  {a.actor:<16} {a.ip:<15} {a.action:<18} {a.subject_type} {a.subject_name}{ver}{extra}")
+        click.echo(f"{a.at.isoformat()}  {a.actor:<16} {a.ip:<15} {a.action:<18} {a.subject_type} "
+                   f"{a.subject_name}{ver}{extra}")
 
 
 # --- owner side -----------------------------------------------------------------------------------------------------
@@ -322,7 +326,8 @@ def show_cmd(ref, as_json) -> None:  # noqa: ANN001
     click.echo(f"{obj.name}  owner {obj.owner}  {obj.status}{reason}  tags {','.join(obj.domain_tags)}")
     for v in obj.versions:
         why = f" ({v.status_reason})" if v.status_reason and v.version_status != "active" else ""
-        click.echo(f"  @{v.version:<4} {v.status:<10} {v.created_at}  {v.size_bytes} bytes  {v.identity[:12]}{why}")
+        click.echo(f"  @{v.version:<4} {v.status:<10} {v.created_at.isoformat()}  {v.size_bytes} bytes  "
+                   f"{v.identity[:12]}{why}")
 
 
 @click.command("pull")

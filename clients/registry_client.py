@@ -15,217 +15,24 @@ Login: ``EXPERTMESH_REGISTRY_URL`` / ``EXPERTMESH_TOKEN`` override the config fi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Optional
+from typing import Any, BinaryIO, Iterator
 
 import httpx
 
 from expertmesh.errors import ConfigError, IntegrityError, RemoteError, error_from_body
+from expertmesh.wire import (
+    AuditEntryPublic, ChangesPage, CompositionPublishResult, CompositionSummary, CompositionVersionPublic, ExpertList,
+    ExpertPublic, ExpertSummary, ExpertVersionPublic, Health, OwnerPublic, PublishResult, StatusResult, TokenIssued,
+    TokenPublic, WhoAmI, from_json,
+)
 from expertmesh.fileio import atomic_directory, sha256_file, write_json_atomic
 
-# --- typed results (field names are the JSON field names) --------------------------------------------------------
-
-
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class ExpertVersion:
-    name: str
-    owner: str
-    version: int
-    status: str
-    version_status: str
-    status_reason: str
-    identity: str
-    base_fingerprint: str
-    manifest_sha256: str
-    size_bytes: int
-    archive_bytes: int
-    files: dict[str, FileInfo]
-    manifest: dict[str, Any]
-    created_at: str
-
-    @classmethod
-    def parse(cls, d: dict[str, Any]) -> "ExpertVersion":
-        return _build(cls, {**d, "files": {k: FileInfo(**v) for k, v in d["files"].items()}})
-
-
-@dataclass(frozen=True)
-class ExpertSummary:
-    name: str
-    owner: str
-    status: str
-    status_reason: str
-    latest_version: int
-    domain_tags: list[str]
-    description: str
-    base_fingerprint: str
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class ExpertPage:
-    items: list[ExpertSummary]
-    total: int
-    limit: int
-    offset: int
-    revision: int
-
-
-@dataclass(frozen=True)
-class ExpertInfo:
-    name: str
-    owner: str
-    status: str
-    status_reason: str
-    latest_version: int
-    latest_active_version: Optional[int]
-    domain_tags: list[str]
-    created_at: str
-    updated_at: str
-    versions: list[ExpertVersion]
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    name: str
-    version: int
-    created: bool
-    identity: str
-    revision: int
-    status: str = "active"
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-@dataclass(frozen=True)
-class StatusResult:
-    name: str
-    version: Optional[int]
-    status: str
-    changed: bool
-    revision: int
-
-
-@dataclass(frozen=True)
-class ChangeEvent:
-    revision: int
-    kind: str
-    name: str
-    version: Optional[int]
-    at: str
-    detail: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ChangesPage:
-    revision: int
-    events: list[ChangeEvent]
-    next_since: int
-
-
-@dataclass(frozen=True)
-class CompositionMember:
-    name: str
-    version: int
-    status: str
-    status_reason: str = ""
-
-
-@dataclass(frozen=True)
-class CompositionInfo:
-    name: str
-    owner: str
-    version: int
-    identity: str
-    router_type: str
-    base_fingerprint: str
-    document_sha256: str
-    size_bytes: int
-    archive_bytes: int
-    files: dict[str, FileInfo]
-    document: dict[str, Any]
-    members: list[CompositionMember]
-    all_members_active: bool
-    created_at: str
-
-    @property
-    def active_members(self) -> list[CompositionMember]:
-        """Members a server may load now (withdrawn ones dropped: the owner's opt-out wins)."""
-        return [m for m in self.members if m.status == "active"]
-
-
-@dataclass(frozen=True)
-class CompositionSummary:
-    name: str
-    owner: str
-    latest_version: int
-    router_type: str
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    at: str
-    actor: str
-    ip: str
-    action: str
-    subject_type: str
-    subject_name: str
-    subject_version: Optional[int]
-    detail: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Owner:
-    name: str
-    display_name: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class TokenInfo:
-    id: int
-    owner: str
-    label: str
-    scopes: list[str]
-    prefix: str
-    created_at: str
-    revoked_at: Optional[str] = None
-    token: Optional[str] = field(default=None, repr=False)   # the secret, only in create_token's answer
-
-
-@dataclass(frozen=True)
-class WhoAmI:
-    owner: str
-    scopes: list[str]
-    is_admin: bool
-    token_id: Optional[int] = None
-
-
-@dataclass(frozen=True)
-class Health:
-    status: str
-    database: str
-    revision: int
-    base_fingerprint: Optional[str]
+# --- typed results: the dataclasses of expertmesh.wire, which the registry's response models are derived from ---
+# (field names are the JSON field names; wire.from_json builds nested results and ignores fields it does not know)
 
 
 # --- login config -------------------------------------------------------------------------------------------------
@@ -341,26 +148,28 @@ class RegistryClient:
 
     # -- service and accounts --
     def health(self) -> Health:
-        return _build(Health, self._json("GET", "/healthz"))
+        return from_json(Health, self._json("GET", "/healthz"))
 
     def whoami(self) -> WhoAmI:
-        return _build(WhoAmI, self._json("GET", "/v1/whoami"))
+        return from_json(WhoAmI, self._json("GET", "/v1/whoami"))
 
-    def create_owner(self, name: str, display_name: str = "") -> Owner:
-        return _build(Owner, self._json("POST", "/v1/owners", json={"name": name, "display_name": display_name}))
+    def create_owner(self, name: str, display_name: str = "") -> OwnerPublic:
+        body = {"name": name, "display_name": display_name}
+        return from_json(OwnerPublic, self._json("POST", "/v1/owners", json=body))
 
-    def list_owners(self) -> list[Owner]:
-        return [_build(Owner, o) for o in self._json("GET", "/v1/owners")]
+    def list_owners(self) -> list[OwnerPublic]:
+        return [from_json(OwnerPublic, o) for o in self._json("GET", "/v1/owners")]
 
-    def create_token(self, owner: str, scopes: list[str], label: str = "") -> TokenInfo:
-        return _build(TokenInfo, self._json("POST", f"/v1/owners/{owner}/tokens",
-                                            json={"scopes": list(scopes), "label": label}))
+    def create_token(self, owner: str, scopes: list[str], label: str = "") -> TokenIssued:
+        """A new token; ``.token`` is its secret, shown only in this answer."""
+        return from_json(TokenIssued, self._json("POST", f"/v1/owners/{owner}/tokens",
+                                                 json={"scopes": list(scopes), "label": label}))
 
-    def list_tokens(self, owner: str) -> list[TokenInfo]:
-        return [_build(TokenInfo, t) for t in self._json("GET", f"/v1/owners/{owner}/tokens")]
+    def list_tokens(self, owner: str) -> list[TokenPublic]:
+        return [from_json(TokenPublic, t) for t in self._json("GET", f"/v1/owners/{owner}/tokens")]
 
-    def revoke_token(self, token_id: int) -> TokenInfo:
-        return _build(TokenInfo, self._json("DELETE", f"/v1/tokens/{int(token_id)}"))
+    def revoke_token(self, token_id: int) -> TokenPublic:
+        return from_json(TokenPublic, self._json("DELETE", f"/v1/tokens/{int(token_id)}"))
 
     # -- uploads --
     def _upload(self, path: str, directory: str | Path) -> dict[str, Any]:
@@ -376,15 +185,13 @@ class RegistryClient:
     def publish(self, package_dir: str | Path) -> PublishResult:
         """Upload a package directory; returns the new version, or the existing one for identical content."""
         manifest = _read_json(Path(package_dir) / "manifest.json", "an expert package")
-        return _build(PublishResult, self._upload(f"/v1/experts/{manifest.get('name')}/versions", package_dir))
+        return from_json(PublishResult, self._upload(f"/v1/experts/{manifest.get('name')}/versions", package_dir))
 
     def list_experts(self, *, domain: str | None = None, owner: str | None = None, status: str = "active",
-                     q: str | None = None, limit: int = 100, offset: int = 0) -> ExpertPage:
+                     q: str | None = None, limit: int = 100, offset: int = 0) -> ExpertList:
         params = {k: v for k, v in dict(domain=domain, owner=owner, status=status, q=q, limit=limit,
                                         offset=offset).items() if v is not None}
-        d = self._json("GET", "/v1/experts", params=params)
-        return ExpertPage(items=[_build(ExpertSummary, i) for i in d["items"]], total=d["total"], limit=d["limit"],
-                          offset=d["offset"], revision=d["revision"])
+        return from_json(ExpertList, self._json("GET", "/v1/experts", params=params))
 
     def iter_experts(self, *, page_size: int = 500, **filters: Any) -> Iterator[ExpertSummary]:
         offset = 0
@@ -395,12 +202,11 @@ class RegistryClient:
             if not page.items or offset >= page.total:
                 return
 
-    def show(self, name: str) -> ExpertInfo:
-        d = self._json("GET", f"/v1/experts/{name}")
-        return _build(ExpertInfo, {**d, "versions": [ExpertVersion.parse(v) for v in d["versions"]]})
+    def show(self, name: str) -> ExpertPublic:
+        return from_json(ExpertPublic, self._json("GET", f"/v1/experts/{name}"))
 
-    def get_version(self, name: str, version: int | str = "latest") -> ExpertVersion:
-        return ExpertVersion.parse(self._json("GET", f"/v1/experts/{name}/versions/{version}"))
+    def get_version(self, name: str, version: int | str = "latest") -> ExpertVersionPublic:
+        return from_json(ExpertVersionPublic, self._json("GET", f"/v1/experts/{name}/versions/{version}"))
 
     def pull(self, name: str, version: int | str = "latest", dest: str | Path | None = None, *,
              overwrite: bool = False, expected_fingerprint: str | None = None) -> Path:
@@ -437,12 +243,12 @@ class RegistryClient:
         return doc_sha
 
     def withdraw(self, name: str, reason: str, version: int | None = None) -> StatusResult:
-        return _build(StatusResult, self._json("POST", f"/v1/experts/{name}/withdraw",
-                                               json={"reason": reason, "version": version}))
+        return from_json(StatusResult, self._json("POST", f"/v1/experts/{name}/withdraw",
+                                                  json={"reason": reason, "version": version}))
 
     def restore(self, name: str, reason: str, version: int | None = None) -> StatusResult:
-        return _build(StatusResult, self._json("POST", f"/v1/experts/{name}/restore",
-                                               json={"reason": reason, "version": version}))
+        return from_json(StatusResult, self._json("POST", f"/v1/experts/{name}/restore",
+                                                  json={"reason": reason, "version": version}))
 
     # -- change feed and audit --
     def revision(self, etag: str | None = None) -> tuple[int | None, str]:
@@ -454,29 +260,27 @@ class RegistryClient:
             return int(r.json()["revision"]), r.headers.get("etag", "")
 
     def changes(self, since: int = 0, limit: int = 500) -> ChangesPage:
-        d = self._json("GET", "/v1/changes", params={"since": since, "limit": limit})
-        return ChangesPage(revision=d["revision"], events=[_build(ChangeEvent, e) for e in d["events"]],
-                           next_since=d["next_since"])
+        return from_json(ChangesPage, self._json("GET", "/v1/changes", params={"since": since, "limit": limit}))
 
-    def audit(self, subject: str | None = None, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+    def audit(self, subject: str | None = None, limit: int = 100, before: int | None = None) -> list[AuditEntryPublic]:
         params = {k: v for k, v in dict(subject=subject, limit=limit, before=before).items() if v is not None}
-        return [_build(AuditEntry, a) for a in self._json("GET", "/v1/audit", params=params)]
+        return [from_json(AuditEntryPublic, a) for a in self._json("GET", "/v1/audit", params=params)]
 
     # -- compositions --
-    def publish_composition(self, directory: str | Path) -> PublishResult:
+    def publish_composition(self, directory: str | Path) -> CompositionPublishResult:
         doc = _read_json(Path(directory) / "composition.json", "a composition")
-        return _build(PublishResult, self._upload(f"/v1/compositions/{doc.get('name')}/versions", directory))
+        answer = self._upload(f"/v1/compositions/{doc.get('name')}/versions", directory)
+        return from_json(CompositionPublishResult, answer)
 
     def list_compositions(self) -> list[CompositionSummary]:
-        return [_build(CompositionSummary, c) for c in self._json("GET", "/v1/compositions")]
+        return [from_json(CompositionSummary, c) for c in self._json("GET", "/v1/compositions")]
 
-    def get_composition(self, name: str, version: int | str | None = None) -> CompositionInfo:
+    def get_composition(self, name: str, version: int | str | None = None) -> CompositionVersionPublic:
         d = self._json("GET", f"/v1/compositions/{name}" + (f"/versions/{version}" if version else ""))
-        return _build(CompositionInfo, {**d, "files": {k: FileInfo(**v) for k, v in d["files"].items()},
-                                        "members": [_build(CompositionMember, m) for m in d["members"]]})
+        return from_json(CompositionVersionPublic, d)
 
     def pull_composition(self, name: str, version: int | str | None = None, dest: str | Path | None = None, *,
-                         overwrite: bool = False) -> tuple[Path, CompositionInfo]:
+                         overwrite: bool = False) -> tuple[Path, CompositionVersionPublic]:
         """Download a composition directory, checking every file against the registry's sha256."""
         info = self.get_composition(name, version)
         dest = Path(dest or f"{name}@{info.version}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,9 +25,8 @@ from expertmesh.errors import (
 from expertmesh.validate import check_name
 from registry import events
 from registry.models import Owner, Token, utcnow
+from registry.principal import ADMIN, COORDINATE, PUBLISH, READ, SCOPES, Principal  # noqa: F401 (re-exported)
 
-READ, PUBLISH, COORDINATE, ADMIN = "read", "publish", "coordinate", "admin"
-SCOPES = (READ, PUBLISH, COORDINATE, ADMIN)
 TOKEN_PREFIX = "emr_"
 
 
@@ -38,30 +36,6 @@ def hash_token(secret: str) -> str:
 
 def new_token_secret() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-@dataclass(frozen=True)
-class Principal:
-    owner_id: int | None          # None for the settings admin token
-    owner_name: str               # "admin" for the settings admin token
-    scopes: frozenset[str]
-    token_id: int | None = None
-    ip: str = ""
-
-    @property
-    def is_admin(self) -> bool:
-        return ADMIN in self.scopes
-
-    def require(self, scope: str) -> None:
-        if self.is_admin or scope in self.scopes or (scope == READ and self.scopes):
-            return
-        raise PermissionDeniedError(f"this token lacks the {scope!r} scope (it has: {', '.join(sorted(self.scopes))})",
-                                    detail={"required_scope": scope})
-
-    def require_owner(self, owner_id: int, what: str) -> None:
-        """Only the owner itself (or an admin) may change ``what``."""
-        if not self.is_admin and self.owner_id != owner_id:
-            raise PermissionDeniedError(f"{what} belongs to another owner; only that owner or an admin may change it")
 
 
 def parse_scopes(scopes: list[str] | str) -> list[str]:

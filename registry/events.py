@@ -7,15 +7,13 @@ serialised anyway. A client that has seen revision N and asks for ``since=N`` th
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from registry.models import AuditEntry, Change, RegistryState, utcnow
-
-if TYPE_CHECKING:
-    from registry.auth import Principal
+from registry.principal import Principal
 
 EXPERT_PUBLISHED = "expert.published"
 EXPERT_WITHDRAWN = "expert.withdrawn"
@@ -53,7 +51,7 @@ def changes_since(session: Session, since: int, limit: int) -> list[Change]:
         select(Change).where(Change.revision > since).order_by(Change.revision).limit(limit)))
 
 
-def audit(session: Session, actor: "Principal", action: str, subject_type: str, subject_name: str, *,
+def audit(session: Session, actor: Principal, action: str, subject_type: str, subject_name: str, *,
           subject_version: int | None = None, subject_owner_id: int | None = None,
           detail: dict[str, Any] | None = None) -> None:
     session.add(AuditEntry(
@@ -63,7 +61,7 @@ def audit(session: Session, actor: "Principal", action: str, subject_type: str, 
     ))
 
 
-def read_audit(session: Session, actor: "Principal", *, subject: str | None = None, limit: int = 100,
+def read_audit(session: Session, actor: Principal, *, subject: str | None = None, limit: int = 100,
                before: int | None = None) -> list[AuditEntry]:
     """Newest first. An admin sees everything; an owner sees entries about its own experts and account."""
     q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)

@@ -1,11 +1,20 @@
-"""HTTP schemas, split by direction: request bodies (``*Create``/``*Request``) and responses (``*Public``)."""
+"""HTTP schemas, split by direction: request bodies (``*Create``/``*Request``) here, and responses (``*Public``)
+derived from the stdlib dataclasses of ``expertmesh.wire``, which the client parses into: one definition, two users.
+
+``response_model(wire.X)`` builds a pydantic model named ``X`` with the same fields, types, defaults and
+descriptions, and nested wire types replaced by their models, so FastAPI validates, serialises and documents the
+answers exactly as hand-written models would (tests/registry/test_wire.py compares both ways).
+"""
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
+import functools
+import typing
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from expertmesh import wire
 from expertmesh.validate import NAME_MAX_CHARS, NAME_REGEX
 
 INT32_MAX = 2**31 - 1
@@ -30,181 +39,52 @@ class StatusChangeRequest(BaseModel):
     version: Optional[int] = Field(None, ge=1, le=INT32_MAX, description="one version; omit for the whole expert name")
 
 
-# --- responses -------------------------------------------------------------------------------------------------
+# --- responses (from expertmesh.wire) ---------------------------------------------------------------------------
 
-class OwnerPublic(BaseModel):
-    name: str
-    display_name: str
-    created_at: dt.datetime
-
-
-class TokenPublic(BaseModel):
-    id: int
-    owner: str
-    label: str
-    scopes: list[str]
-    prefix: str
-    created_at: dt.datetime
-    revoked_at: Optional[dt.datetime] = None
+@functools.cache
+def response_model(cls: type) -> type[BaseModel]:
+    """The pydantic model of one wire dataclass (cached: each nested type has one model, one schema component)."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kw: dict[str, Any] = {}
+        if "description" in f.metadata:
+            kw["description"] = f.metadata["description"]
+        if f.default is not dataclasses.MISSING:
+            kw["default"] = f.default
+        fields[f.name] = (_model_type(wire.field_types(cls)[f.name]), Field(**kw))
+    return create_model(cls.__name__, __module__=__name__, **fields)
 
 
-class TokenIssued(TokenPublic):
-    token: str = Field(description="the secret; shown once, only its hash is stored")
+def _model_type(tp: Any) -> Any:
+    """``tp`` with every wire dataclass inside it (list[X], dict[str, X], Optional[X]) replaced by its model."""
+    if dataclasses.is_dataclass(tp):
+        return response_model(tp)
+    args = typing.get_args(tp)
+    if not args:
+        return tp
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return Optional[_model_type(next(a for a in args if a is not type(None)))]
+    return origin[tuple(_model_type(a) for a in args)]
 
 
-class WhoAmI(BaseModel):
-    owner: str
-    scopes: list[str]
-    is_admin: bool
-    token_id: Optional[int] = None
-
-
-class FileInfo(BaseModel):
-    sha256: str
-    size: int
-
-
-class ExpertVersionPublic(BaseModel):
-    name: str
-    owner: str
-    version: int
-    status: str = Field(description="effective status: withdrawn if the version or the whole expert is")
-    version_status: str
-    status_reason: str
-    identity: str = Field(description="sha256 of the canonical manifest without its version field")
-    base_fingerprint: str
-    manifest_sha256: str
-    size_bytes: int
-    archive_bytes: int
-    files: dict[str, FileInfo]
-    manifest: dict[str, Any]
-    created_at: dt.datetime
-
-
-class ExpertSummary(BaseModel):
-    name: str
-    owner: str
-    status: str
-    status_reason: str
-    latest_version: int
-    domain_tags: list[str]
-    description: str
-    base_fingerprint: str
-    updated_at: dt.datetime
-
-
-class ExpertList(BaseModel):
-    items: list[ExpertSummary]
-    total: int
-    limit: int
-    offset: int
-    revision: int
-
-
-class ExpertPublic(BaseModel):
-    name: str
-    owner: str
-    status: str
-    status_reason: str
-    latest_version: int
-    latest_active_version: Optional[int]
-    domain_tags: list[str]
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    versions: list[ExpertVersionPublic]
-
-
-class PublishResult(BaseModel):
-    name: str
-    version: int
-    created: bool = Field(description="false: identical content was already published as this version")
-    identity: str
-    status: str
-    revision: int
-
-
-class StatusResult(BaseModel):
-    name: str
-    version: Optional[int]
-    status: str
-    changed: bool
-    revision: int
-
-
-class ChangeEventPublic(BaseModel):
-    revision: int
-    kind: str
-    name: str
-    version: Optional[int]
-    at: dt.datetime
-    detail: dict[str, Any]
-
-
-class ChangesPage(BaseModel):
-    revision: int = Field(description="current registry revision")
-    events: list[ChangeEventPublic]
-    next_since: int = Field(description="pass as since= to continue")
-
-
-class RevisionPublic(BaseModel):
-    revision: int
-
-
-class CompositionMemberPublic(BaseModel):
-    name: str
-    version: int
-    status: str = Field(description="current effective status of that expert version: active, withdrawn, missing")
-    status_reason: str = ""
-
-
-class CompositionVersionPublic(BaseModel):
-    name: str
-    owner: str
-    version: int
-    identity: str
-    router_type: str
-    base_fingerprint: str
-    document_sha256: str
-    size_bytes: int
-    archive_bytes: int
-    files: dict[str, FileInfo]
-    document: dict[str, Any]
-    members: list[CompositionMemberPublic]
-    all_members_active: bool
-    created_at: dt.datetime
-
-
-class CompositionSummary(BaseModel):
-    name: str
-    owner: str
-    latest_version: int
-    router_type: str
-    updated_at: dt.datetime
-
-
-class CompositionPublishResult(BaseModel):
-    name: str
-    version: int
-    created: bool
-    identity: str
-    revision: int
-
-
-class AuditEntryPublic(BaseModel):
-    id: int
-    at: dt.datetime
-    actor: str
-    ip: str
-    action: str
-    subject_type: str
-    subject_name: str
-    subject_version: Optional[int]
-    detail: dict[str, Any]
-
-
-class Health(BaseModel):
-    status: str
-    database: str
-    revision: int
-    store: str = "ok"
-    base_fingerprint: Optional[str]
+OwnerPublic = response_model(wire.OwnerPublic)
+TokenPublic = response_model(wire.TokenPublic)
+TokenIssued = response_model(wire.TokenIssued)
+WhoAmI = response_model(wire.WhoAmI)
+FileInfo = response_model(wire.FileInfo)
+ExpertVersionPublic = response_model(wire.ExpertVersionPublic)
+ExpertSummary = response_model(wire.ExpertSummary)
+ExpertList = response_model(wire.ExpertList)
+ExpertPublic = response_model(wire.ExpertPublic)
+PublishResult = response_model(wire.PublishResult)
+StatusResult = response_model(wire.StatusResult)
+ChangeEventPublic = response_model(wire.ChangeEventPublic)
+ChangesPage = response_model(wire.ChangesPage)
+RevisionPublic = response_model(wire.RevisionPublic)
+CompositionMemberPublic = response_model(wire.CompositionMemberPublic)
+CompositionVersionPublic = response_model(wire.CompositionVersionPublic)
+CompositionSummary = response_model(wire.CompositionSummary)
+CompositionPublishResult = response_model(wire.CompositionPublishResult)
+AuditEntryPublic = response_model(wire.AuditEntryPublic)
+Health = response_model(wire.Health)

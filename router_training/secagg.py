@@ -69,7 +69,8 @@ class RoundStats:
     bytes_up: int = 0                    # owners -> server payload
     messages: int = 0
     replies: int = 0
-    failures: int = 0
+    failures: int = 0                    # error replies as Flower lists them (the fit stage's, twice)
+    results: int = 0                     # owners whose update is in the aggregate
     aggregate: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
@@ -105,8 +106,17 @@ class MeteredGrid:
         return replies
 
 
-def _recording_fedavg(names: list[str], initial: dict[str, np.ndarray], min_clients: int,
+def _recording_fedavg(names: list[str], initial: dict[str, np.ndarray], num_owners: int, min_clients: int,
                       rounds: dict[int, RoundStats], state: dict):
+    """Legacy FedAvg that samples every one of ``num_owners`` and aggregates only with >= ``min_clients`` results.
+
+    Why both: the legacy client manager learns the simulation's nodes by polling while they register, and
+    FedAvg samples ``max(int(available * fraction), min_fit_clients)`` as soon as ``min_available_clients`` are
+    known. With both set to ``min_clients`` (3 of 4 owners), a round that started before the 4th node was seen
+    sampled only 3, so one dropped owner left 2 in the sum (seen under load: 11 replies instead of 15, the
+    aggregate FedAvg over two owners). Waiting for and sampling all owners makes the round's membership fixed;
+    ``min_clients`` then means what it means in the plain federation: the fewest good replies that aggregate.
+    """
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.strategy import FedAvg
 
@@ -116,22 +126,25 @@ def _recording_fedavg(names: list[str], initial: dict[str, np.ndarray], min_clie
             return super().configure_fit(server_round, parameters, client_manager)
 
         def aggregate_fit(self, server_round, results, failures):
-            params, metrics = super().aggregate_fit(server_round, results, failures)
             st = rounds.setdefault(server_round, RoundStats(server_round))
             st.seconds = round(time.perf_counter() - state["t0"], 3)
             st.failures = len(failures)
+            st.results = len(results)
+            if len(results) < min_clients:      # too few owners answered: the round does not move the model
+                return None, {}
+            params, metrics = super().aggregate_fit(server_round, results, failures)
             if params is not None:
                 st.aggregate = dict(zip(names, parameters_to_ndarrays(params)))
             return params, metrics
 
     return RecordingFedAvg(initial_parameters=ndarrays_to_parameters([initial[k] for k in names]),
-                           fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=min_clients,
-                           min_evaluate_clients=0, min_available_clients=min_clients,
+                           fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=num_owners,
+                           min_evaluate_clients=0, min_available_clients=num_owners,
                            accept_failures=True, on_fit_config_fn=lambda r: {"server_round": r})
 
 
-def make_server_app(initial: dict[str, np.ndarray], num_rounds: int, min_clients: int, cfg: SecAggConfig | None,
-                    rounds: dict[int, RoundStats]):
+def make_server_app(initial: dict[str, np.ndarray], num_rounds: int, num_owners: int, min_clients: int,
+                    cfg: SecAggConfig | None, rounds: dict[int, RoundStats]):
     """ServerApp: FedAvg over ``initial``'s arrays; SecAgg+ when ``cfg`` is given, Flower's plain fit otherwise."""
     from flwr.server import LegacyContext, ServerApp, ServerConfig
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
@@ -142,7 +155,7 @@ def make_server_app(initial: dict[str, np.ndarray], num_rounds: int, min_clients
 
     @app.main()
     def main(grid, context) -> None:
-        strategy = _recording_fedavg(names, initial, min_clients, rounds, state)
+        strategy = _recording_fedavg(names, initial, num_owners, min_clients, rounds, state)
         ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=num_rounds), strategy=strategy)
         fit = None if cfg is None else SecAggPlusWorkflow(
             num_shares=cfg.num_shares, reconstruction_threshold=cfg.reconstruction_threshold,
@@ -191,7 +204,7 @@ def run_secure(initial: dict[str, np.ndarray], update: Update, *, num_owners: in
     level = flwr_log.level
     flwr_log.setLevel(logging.WARNING)
     try:
-        run_simulation(server_app=make_server_app(initial, num_rounds, min_clients or num_owners,
+        run_simulation(server_app=make_server_app(initial, num_rounds, num_owners, min_clients or num_owners,
                                                   cfg if secure else None, rounds),
                        client_app=make_client_app(names, update, secure=secure), num_supernodes=num_owners,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -227,11 +240,40 @@ def router_update(owners: list, kind_name: str, train_cfg: dict, digest: str, op
     return update
 
 
+def tuning_config(setup, **fields) -> SecAggConfig:
+    """The SecAgg+ settings for tuning ``setup`` (a ServerSetup): ``max_weight`` is the tokens one owner trains per
+    round (its FedAvg weight: steps * batch_size * seq_len, e.g. 8 * 4 * 128 = 4,096), the tightest safe value;
+    ``fields`` override any SecAggConfig field."""
+    from router_training.kinds import get_kind
+
+    t = setup.train
+    max_weight = float(t.get("steps", 8) * t.get("batch_size", 4) * get_kind(setup.kind).seq_len(t))
+    return SecAggConfig(**{"max_weight": max_weight, **fields})
+
+
+def check_secure_federation(num_owners: int, federation) -> None:
+    """What SecAgg+ tuning (``tune_secure``) cannot combine with, refused before any model is loaded."""
+    if num_owners < 3:
+        raise ConfigError(f"secure aggregation needs at least 3 owners (got {num_owners}): with 2, each learns the "
+                          "other's update from the sum")
+    if federation.dp.mode != "none":
+        raise ConfigError(f"secure aggregation does not run with DP (dp mode {federation.dp.mode!r}): tune_secure "
+                          "adds no clipping or noise; drop one of the two")
+    if federation.fraction != 1.0:
+        raise ConfigError(f"secure aggregation samples every owner each round (fraction 1.0), got "
+                          f"fraction={federation.fraction}")
+    if not 2 <= federation.min_clients <= num_owners:
+        raise ConfigError(f"secure aggregation needs 2 <= min_clients <= {num_owners} owners (got "
+                          f"{federation.min_clients}): one owner's sum is its update, and more than all never comes")
+
+
 def tune_secure(setup, owners: list, cfg: SecAggConfig | None = None, *, total_cpus: int = 2) -> dict:
     """Federated router (or MoT) tuning where the coordinator sees only SecAgg+ sums; same inputs and outputs as
-    ``simulate(setup, owners)`` (a composition under ``setup.out`` and history.json), plus per-round time and bytes.
+    ``simulate(setup, owners)`` (a composition under ``setup.out`` and history.json, published to
+    ``setup.registry`` when set), plus per-round time and bytes. The composition's provenance records
+    ``secure_aggregation: true`` and the SecAgg+ settings under ``secure_aggregation_config``.
 
-    ``max_weight`` defaults to the tokens one owner trains per round (its FedAvg weight), the tightest safe value.
+    ``cfg`` defaults to ``tuning_config(setup)``.
     """
     import dataclasses
     import json
@@ -243,9 +285,9 @@ def tune_secure(setup, owners: list, cfg: SecAggConfig | None = None, *, total_c
     from expertmesh.fileio import write_json_atomic
     from router_training.kinds import get_kind, load_for_kind
 
+    check_secure_federation(len(owners), setup.federation)
     kind = get_kind(setup.kind)
-    t = setup.train
-    cfg = cfg or SecAggConfig(max_weight=float(t.get("steps", 8) * t.get("batch_size", 4) * kind.seq_len(t)))
+    cfg = cfg or tuning_config(setup)
     loaded = load_for_kind(kind, setup.composition, setup.experts, setup.base, setup.kind_options)
     try:
         initial = {k: v.detach().float().numpy() for k, v in kind.arrays(loaded.model).items()}
@@ -261,12 +303,17 @@ def tune_secure(setup, owners: list, cfg: SecAggConfig | None = None, *, total_c
         name = setup.name or f"{source}-tuned"[:64]
         output = kind.save(loaded.model, loaded, setup.experts, setup.out, name,
                            {"federation": setup.federation.to_dict(), "train": setup.train,
-                            "secure_aggregation": {"protocol": "secagg+", **dataclasses.asdict(cfg)},
+                            "secure_aggregation": True,
+                            "secure_aggregation_config": {"protocol": "secagg+", **dataclasses.asdict(cfg)},
                             "aggregated_rounds": len(done)})
     finally:
         loaded.close()
     history = {"setup": setup.to_dict(), "secure_aggregation": dataclasses.asdict(cfg), "owners": len(owners),
                "rounds": [{k: v for k, v in dataclasses.asdict(s).items() if k != "aggregate"} for s in stats],
                "aggregated_rounds": len(done), "output": output}
+    if setup.registry:
+        from router_training.server_app import publish_output
+
+        publish_output(setup.registry, output)
     write_json_atomic(Path(setup.out) / "history.json", json.loads(json.dumps(history, default=str)))
     return history

@@ -208,16 +208,21 @@ def run_server(grid: Grid, setup: ServerSetup) -> dict:
                                   {"federation": fed.to_dict(), "train": setup.train,
                                    "kind_options": setup.kind_options, "aggregated_rounds": strategy.aggregated})
     if setup.registry:
-        from clients.registry_client import RegistryClient
-
-        with RegistryClient.from_config(setup.registry) as reg:
-            if "composition" in history["output"]:
-                history["output"]["published"] = str(reg.publish_composition(history["output"]["composition"]))
-            else:
-                history["output"]["published"] = str(reg.publish(history["output"]["expert"]))
+        publish_output(setup.registry, history["output"])
     write_json_atomic(Path(setup.out) / "history.json", history)
     loaded.close()
     return history
+
+
+def publish_output(registry: str, output: dict) -> None:
+    """Publish a run's composition (or expert package) to ``registry``; records the answer in ``output``."""
+    from clients.registry_client import RegistryClient
+
+    with RegistryClient.from_config(registry) as reg:
+        if "composition" in output:
+            output["published"] = str(reg.publish_composition(output["composition"]))
+        else:
+            output["published"] = str(reg.publish(output["expert"]))
 
 
 def make_server_app(setup: ServerSetup | None = None) -> ServerApp:

@@ -45,14 +45,15 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
 
 
-def imports_of(module: str, path: Path) -> list[tuple[str, bool]]:
-    """(imported module name, runs at load time) for every import statement of ``module``."""
+def imports_of(module: str, path: Path, *, type_checking: bool = False) -> list[tuple[str, bool]]:
+    """(imported module name, runs at load time) for every import statement of ``module``; imports under
+    ``if TYPE_CHECKING`` are skipped unless ``type_checking`` (then they count as load time)."""
     is_pkg = path.name == "__init__.py"
     found: list[tuple[str, bool]] = []
 
     def visit(node: ast.AST, at_load: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
+            if isinstance(child, ast.If) and _is_type_checking(child) and not type_checking:
                 continue
             if isinstance(child, ast.Import):
                 found.extend((a.name, at_load) for a in child.names)
@@ -84,12 +85,12 @@ def layering_violations(root: Path) -> list[str]:
     return sorted(set(bad))
 
 
-def load_time_graph(root: Path) -> dict[str, set[str]]:
+def load_time_graph(root: Path, *, type_checking: bool = False) -> dict[str, set[str]]:
     """Module -> the project modules it imports at load time (an imported name that is a module counts as it)."""
     modules = module_files(root)
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for module, path in modules.items():
-        for name, at_load in imports_of(module, path):
+        for name, at_load in imports_of(module, path, type_checking=type_checking):
             if at_load and name in modules and name != module:
                 graph[module].add(name)
     return graph
@@ -157,6 +158,12 @@ def test_no_import_cycles():
     assert cycles(load_time_graph(ROOT)) == []
 
 
+def test_no_cycles_hidden_under_type_checking():
+    # a TYPE_CHECKING import does not run, but it still ties two modules together (auth <-> events was one):
+    # a shared type belongs in a module both import
+    assert cycles(load_time_graph(ROOT, type_checking=True)) == []
+
+
 def _write(root: Path, rel: str, text: str) -> None:
     p = root / rel
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +191,14 @@ def test_the_checker_finds_what_it_forbids(bad_tree):
         "serving/__init__.py imports router_training.kinds",
     ]
     assert cycles(load_time_graph(bad_tree)) == [["expertmesh.a", "expertmesh.b"]]
+
+
+def test_the_checker_sees_a_type_checking_cycle(tmp_path):
+    _write(tmp_path, "registry/__init__.py", "")
+    _write(tmp_path, "registry/x.py", "from registry import y\n")
+    _write(tmp_path, "registry/y.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from registry.x import T\n")
+    assert cycles(load_time_graph(tmp_path)) == []
+    assert cycles(load_time_graph(tmp_path, type_checking=True)) == [["registry.x", "registry.y"]]
 
 
 _NO_ML = """
