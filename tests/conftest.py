@@ -69,3 +69,21 @@ def tiny_experts(tmp_path_factory, tiny_base_dir, tiny_corpora) -> dict[str, Pat
               "law": LoraSpec(r=2, alpha=4, target_modules=["q_proj", "v_proj", "down_proj"]),
               "code": LoraSpec(r=8, alpha=16, target_modules=["o_proj"])}
     return {d: train_tiny_expert(tiny_base_dir, tiny_corpora[d], out / d, d, lora=shapes[d]).out for d in shapes}
+
+
+@pytest.fixture
+def acme_registry(tmp_path, tiny_base_dir):
+    """A live registry (uvicorn in a thread, SQLite) on the tiny base; (url, a read/publish/coordinate token of
+    owner "acme")."""
+    pytest.importorskip("registry.app")
+    from clients.registry_client import RegistryClient
+    from expertmesh.base import load_base
+    from registry.app import create_app
+    from registry.settings import RegistrySettings
+    from tests.registry.conftest import ADMIN_TOKEN, LiveServer
+
+    settings = RegistrySettings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'r.db'}",
+                                base_fingerprint=load_base(str(tiny_base_dir)).fingerprint, admin_token=ADMIN_TOKEN)
+    with LiveServer(create_app(settings)) as server, RegistryClient(server.url, ADMIN_TOKEN) as admin:
+        admin.create_owner("acme")
+        yield server.url, admin.create_token("acme", ["read", "publish", "coordinate"]).token

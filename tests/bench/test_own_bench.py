@@ -55,27 +55,12 @@ def test_own_bench_refuses_before_the_base_loads(args, message):
     assert res.exit_code == 1 and message in res.output
 
 
-@pytest.fixture
-def registry(tmp_path, tiny_base_dir):
-    pytest.importorskip("registry.app")
-    from clients.registry_client import RegistryClient
-    from expertmesh.base import load_base
-    from registry.app import create_app
-    from registry.settings import RegistrySettings
-    from tests.registry.conftest import ADMIN_TOKEN, LiveServer
-
-    settings = RegistrySettings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'r.db'}",
-                                base_fingerprint=load_base(str(tiny_base_dir)).fingerprint, admin_token=ADMIN_TOKEN)
-    with LiveServer(create_app(settings)) as server, RegistryClient(server.url, ADMIN_TOKEN) as admin:
-        admin.create_owner("acme")
-        yield server.url, admin.create_token("acme", ["read", "publish", "coordinate"]).token
-
-
-def test_own_bench_of_published_experts(registry, tiny_experts, tiny_corpora, tiny_base_dir, tmp_path, monkeypatch):
+def test_own_bench_of_published_experts(acme_registry, tiny_experts, tiny_corpora, tiny_base_dir, tmp_path,
+                                        monkeypatch):
     from clients.registry_client import RegistryClient
 
     # Prepare: law and medicine published; code stays local
-    url, token = registry
+    url, token = acme_registry
     monkeypatch.setenv("EXPERTMESH_REGISTRY_URL", url)
     monkeypatch.setenv("EXPERTMESH_TOKEN", token)
     with RegistryClient(url, token) as reg:

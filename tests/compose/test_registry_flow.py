@@ -1,28 +1,11 @@
 """Coordinator flow against a real registry (uvicorn in a thread, SQLite): publish experts, `compose build`
 from the registry, then a server-side runtime that drops a member its owner withdrew."""
-import pytest
 import torch
 
 from tests.compose.conftest import fresh_base
 
 
-@pytest.fixture
-def registry(tmp_path, tiny_base_dir):
-    pytest.importorskip("registry.app")
-    from clients.registry_client import RegistryClient
-    from registry.app import create_app
-    from registry.settings import RegistrySettings
-    from tests.registry.conftest import ADMIN_TOKEN, LiveServer
-
-    settings = RegistrySettings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'r.db'}",
-                                base_fingerprint=fresh_base(tiny_base_dir).fingerprint, admin_token=ADMIN_TOKEN)
-    with LiveServer(create_app(settings)) as server, RegistryClient(server.url, ADMIN_TOKEN) as admin:
-        admin.create_owner("acme")
-        token = admin.create_token("acme", ["read", "publish", "coordinate"]).token
-        yield server.url, token
-
-
-def test_build_from_registry_and_serve_with_a_withdrawal(registry, tiny_experts, tiny_base_dir, tmp_path,
+def test_build_from_registry_and_serve_with_a_withdrawal(acme_registry, tiny_experts, tiny_base_dir, tmp_path,
                                                          monkeypatch):
     from click.testing import CliRunner
 
@@ -30,7 +13,7 @@ def test_build_from_registry_and_serve_with_a_withdrawal(registry, tiny_experts,
     from cli.main import cli
     from expertmesh.compose.remote import load_remote_runtime
 
-    url, token = registry
+    url, token = acme_registry
     monkeypatch.setenv("EXPERTMESH_REGISTRY_URL", url)
     monkeypatch.setenv("EXPERTMESH_TOKEN", token)
     monkeypatch.setenv("EXPERTMESH_CACHE", str(tmp_path / "cache"))
