@@ -106,6 +106,7 @@ def _bench_own(datas, local, published, routers, compositions, base, out, seq_le
     from pathlib import Path
 
     from cli.bench_own import run_own_bench
+    from expertmesh.compose.evaluate import corpora_by_name
     from expertmesh.errors import ConfigError
 
     # Checked before the base model loads (20 s or more on the real base).
@@ -116,9 +117,7 @@ def _bench_own(datas, local, published, routers, compositions, base, out, seq_le
             raise ConfigError(f"{p} does not exist")
     if not (local or published):
         raise ConfigError("bench --own needs experts: --local DIR (packages) and/or --expert NAME[@VERSION]")
-    corpora = {Path(d).name.removesuffix(".jsonl").removesuffix(".txt"): d for d in datas}
-    if len(corpora) != len(datas):
-        raise ConfigError("two --data corpora have the same name; the name says which expert should answer it")
+    corpora = corpora_by_name(datas)
     if threads:
         import torch
 

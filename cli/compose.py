@@ -194,7 +194,9 @@ def eval_cmd(composition, datas, compare, seq_len, max_blocks, opt_out_blocks, a
     """
     import math
 
-    from expertmesh.compose.evaluate import compare_on_corpora, compare_table_text, evaluate_composition
+    from expertmesh.compose.evaluate import (
+        compare_on_corpora, compare_table_text, corpora_by_name, evaluate_composition,
+    )
     from expertmesh.errors import ConfigError
 
     if len(datas) > 1 and not (compare or store):
@@ -205,6 +207,7 @@ def eval_cmd(composition, datas, compare, seq_len, max_blocks, opt_out_blocks, a
     for d in datas:
         if not Path(d).exists():
             raise ConfigError(f"--data {d} does not exist")
+    corpora = corpora_by_name(datas) if compare else {}      # checked before the model loads
     rt = open_runtime(composition, experts_dir, base, top_k)
     if store:
         from expertmesh.compose.spec import store_evaluation
@@ -217,8 +220,7 @@ def eval_cmd(composition, datas, compare, seq_len, max_blocks, opt_out_blocks, a
                    f"stored {len(results)} evaluation(s) in {Path(composition) / 'composition.json'}")
         return
     if compare:
-        table = compare_on_corpora(rt, {Path(d).name.removesuffix(".jsonl"): d for d in datas}, seq_len=seq_len,
-                                   max_blocks=max_blocks, opt_out_blocks=opt_out_blocks)
+        table = compare_on_corpora(rt, corpora, seq_len=seq_len, max_blocks=max_blocks, opt_out_blocks=opt_out_blocks)
         click.echo(json.dumps(table, indent=2) if as_json else compare_table_text(table))
         return
     data = datas[0]

@@ -50,6 +50,24 @@ def evaluate_composition(rt, data: str, *, seq_len: int = 256, max_blocks: int =
             "gate_mass": {n: round(float(mass[e]), 4) for e, n in enumerate(entries)} if mass is not None else {}}
 
 
+def corpora_by_name(datas) -> dict[str, str]:
+    """{name: path} for ``--data`` corpora: a corpus is named by its dir or file name without .jsonl/.txt/.md, the
+    name of the expert or domain tag expected to answer it (routing accuracy reads it). Two corpora of one name
+    are refused: the second would silently replace the first."""
+    from expertmesh.errors import ConfigError
+
+    named: dict[str, str] = {}
+    for d in datas:
+        name = Path(d).name
+        for suffix in (".jsonl", ".txt", ".md"):
+            name = name.removesuffix(suffix)
+        if name in named:
+            raise ConfigError(f"two --data corpora are named {name!r} ({named[name]} and {d}); the name says which "
+                              "expert should answer it")
+        named[name] = str(d)
+    return named
+
+
 def compare_on_corpora(rt, corpora: dict[str, str], *, seq_len: int = 256, max_blocks: int = 16,
                        batch_size: int = 8, opt_out_blocks: int = 2, singles: bool = True) -> dict:
     """The owner's table on their own held-out corpora: per corpus the loss of the public base, of each member

@@ -61,6 +61,20 @@ def test_error_paths_print_one_line(local_comp, tiny_base_dir, extra, message):
     assert res.exit_code == 1 and "error:" in res.stderr and message in res.output
 
 
+def test_eval_compare_names_corpora_like_bench_own_and_refuses_two_of_one_name(tmp_path):
+    from expertmesh.compose.evaluate import corpora_by_name
+
+    (tmp_path / "a").mkdir()
+    for f in ("law.txt", "a/law.jsonl"):
+        (tmp_path / f).write_text("x", encoding="utf-8")
+    assert corpora_by_name(["corpora/law", "b/medicine.jsonl", "c/code.txt"]) == {
+        "law": "corpora/law", "medicine": "b/medicine.jsonl", "code": "c/code.txt"}
+    # the check runs before any model loads: no base and no composition here
+    res = CliRunner().invoke(cli, ["compose", "eval", str(tmp_path / "none"), "--compare", "--base", "no/such/base",
+                                   "--data", str(tmp_path / "law.txt"), "--data", str(tmp_path / "a" / "law.jsonl")])
+    assert res.exit_code == 1 and "two --data corpora are named 'law'" in res.output, res.output
+
+
 def test_not_a_composition_and_mixed_bases(tmp_path, tiny_experts):
     res = CliRunner().invoke(cli, ["generate", str(tmp_path), "hi"])
     assert res.exit_code == 1 and "not a composition" in res.output
