@@ -121,7 +121,7 @@ def _free_port() -> int:
 
 
 def serve(comp: Path, experts: Path, base_dir: Path, port: int, log: Path, threads: int) -> subprocess.Popen:
-    from expertmesh.procwait import NotReadyError, wait_until_ready
+    from expertmesh.procwait import ProcessNotReadyError, wait_until_ready
 
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--composition", str(comp), "--experts",
                              str(experts), "--base", str(base_dir), "--port", str(port), "--max-batch", "8",
@@ -129,7 +129,7 @@ def serve(comp: Path, experts: Path, base_dir: Path, port: int, log: Path, threa
                             cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         wait_until_ready(proc, f"http://127.0.0.1:{port}/readyz", timeout=600, interval=1.0, name="serve", log=log)
-    except NotReadyError:
+    except ProcessNotReadyError:
         if proc.poll() is None:
             proc.terminate()
         raise

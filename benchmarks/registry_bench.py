@@ -89,11 +89,11 @@ def start_server(work: Path, db: str | None) -> tuple[subprocess.Popen, str]:
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                              "--no-access-log"], env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    from expertmesh.procwait import NotReadyError, wait_until_ready
+    from expertmesh.procwait import ProcessNotReadyError, wait_until_ready
 
     try:
         wait_until_ready(proc, url + "/healthz", timeout=60, interval=0.2, probe_timeout=1.0, name="registry")
-    except NotReadyError as e:
+    except ProcessNotReadyError as e:
         if proc.poll() is None:
             proc.terminate()
         raise SystemExit(str(e)) from None

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from expertmesh.procwait import NotReadyError, answers_200, wait_until_ready
+from expertmesh.errors import UnavailableError
+from expertmesh.procwait import ProcessNotReadyError, answers_200, wait_until_ready
 from tests.live_server import free_port
 
 # A child HTTP server: /health answers with the status given on the command line (302 goes to /ok, a 200).
@@ -49,10 +50,11 @@ def test_returns_once_the_health_url_answers_200(child):
 
 def test_a_process_that_dies_is_reported_with_its_exit_code(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
-    with pytest.raises(NotReadyError) as e:
+    with pytest.raises(ProcessNotReadyError) as e:
         wait_until_ready(proc, f"http://127.0.0.1:{free_port()}/health", timeout=120, interval=0.05, name="worker",
                          log=tmp_path / "w.log")
-    assert e.value.returncode == 3
+    assert e.value.returncode == 3 and e.value.detail == {"returncode": 3}
+    assert isinstance(e.value, UnavailableError) and e.value.code == "process_not_ready"   # the one error tree
     assert str(e.value) == f"worker exited with 3 before it was ready; see {tmp_path / 'w.log'}"
 
 
@@ -60,7 +62,7 @@ def test_a_process_that_dies_is_reported_with_its_exit_code(tmp_path):
 def test_other_answers_are_not_ready_and_time_out(child, status):
     proc, url = child(status)
     wait_until_ready(proc, f"{url}/ok", timeout=120, interval=0.05)          # the child is up and answering
-    with pytest.raises(NotReadyError) as e:
+    with pytest.raises(ProcessNotReadyError) as e:
         wait_until_ready(proc, f"{url}/health", timeout=0.3, interval=0.05, name="worker")
     assert e.value.returncode is None and str(e.value) == "worker was not ready within 0 s"
     assert proc.poll() is None                                               # left running for its owner

@@ -43,7 +43,7 @@ def write_tasks(root: Path) -> Path:
 def live_serve(tmp_path, serving_experts, tiny_base_dir):
     """``expertmesh serve`` as its own process over a local composition of the tiny experts."""
     from expertmesh.compose import build_composition
-    from expertmesh.procwait import NotReadyError, wait_until_ready
+    from expertmesh.procwait import ProcessNotReadyError, wait_until_ready
 
     for name, d in serving_experts.items():
         shutil.copytree(d, tmp_path / "experts" / name)
@@ -55,11 +55,12 @@ def live_serve(tmp_path, serving_experts, tiny_base_dir):
                              "--max-context", "512", "--log-level", "warning"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:                                        # generous: a busy machine imports torch slowly
-        wait_until_ready(proc, f"{url}/readyz", timeout=300, name="serve", log=tmp_path / "serve.log")
+    try:
+        try:                                    # generous: a busy machine imports torch slowly
+            wait_until_ready(proc, f"{url}/readyz", timeout=300, name="serve", log=tmp_path / "serve.log")
+        except ProcessNotReadyError as e:       # only the wait: an error of the test itself is not re-worded
+            pytest.fail(f"{e}: {(tmp_path / 'serve.log').read_text()[-2000:]}")
         yield url
-    except NotReadyError as e:
-        raise RuntimeError(f"{e}: {(tmp_path / 'serve.log').read_text()[-2000:]}") from None
     finally:
         proc.terminate()
         proc.wait(30)
