@@ -115,8 +115,6 @@ def _bench_own(datas, local, published, routers, compositions, base, out, seq_le
     for p in list(datas) + list(local):
         if not Path(p).exists():
             raise ConfigError(f"{p} does not exist")
-    if not (local or published):
-        raise ConfigError("bench --own needs experts: --local DIR (packages) and/or --expert NAME[@VERSION]")
     corpora = corpora_by_name(datas)
     if threads:
         import torch

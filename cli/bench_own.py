@@ -22,7 +22,6 @@ def resolve_experts(local: list[str], published: list[str], out: Path, fingerpri
     """Name -> package dir: local packages (a package dir or a dir of packages), then published experts
     pulled into OUT/experts/NAME (their base fingerprint checked against the base in use)."""
     from expertmesh.compose.build import expert_package_dirs
-    from expertmesh.errors import ConfigError
     from expertmesh.validate import split_ref
 
     dirs: dict[str, Path] = {}
@@ -36,8 +35,6 @@ def resolve_experts(local: list[str], published: list[str], out: Path, fingerpri
                 name, version = split_ref(ref)
                 dirs[name] = reg.pull(name, version or "latest", out / "experts" / name, overwrite=True,
                                       expected_fingerprint=fingerprint)
-    if not dirs:
-        raise ConfigError("bench --own needs experts: --local DIR (packages) and/or --expert NAME[@VERSION]")
     return dirs
 
 
@@ -49,7 +46,10 @@ def run_own_bench(*, corpora: dict[str, str], local: list[str], published: list[
     from expertmesh.base import load_base
     from expertmesh.compose.build import build_composition
     from expertmesh.compose.evaluate import compare_on_corpora, compare_table_text
+    from expertmesh.errors import ConfigError
 
+    if not (local or published):                      # before the base loads (20 s or more on the real one)
+        raise ConfigError("bench --own needs experts: --local DIR (packages) and/or --expert NAME[@VERSION]")
     base = load_base(base_spec)
     dirs = resolve_experts(local, published, out, base.fingerprint)
     log(f"experts: {', '.join(f'{n} ({d})' for n, d in dirs.items())}")

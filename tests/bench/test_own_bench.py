@@ -49,6 +49,7 @@ def test_own_bench_of_local_experts(tiny_experts, tiny_corpora, tiny_base_dir, t
     (["--own", "--local", "x"], "needs at least one --data"),
     (["--own", "--data", "no/such/corpus", "--local", "."], "no/such/corpus does not exist"),
     (["--data", "."], "belong to --own"),
+    (["--own", "--data", "tests/bench"], "needs experts: --local DIR"),
     (["--own", "--data", "tests/bench", "--data", "tests/compose/../bench", "--local", "."], "named 'bench'"),
 ])
 def test_own_bench_refuses_before_the_base_loads(args, message):
