@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 import typing
 from typing import Any, Literal, Optional
 
@@ -63,7 +64,7 @@ def _model_type(tp: Any) -> Any:
     if not args:
         return tp
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):   # Optional[X] or X | None, as wire.from_json reads both
         return Optional[_model_type(next(a for a in args if a is not type(None)))]
     return origin[tuple(_model_type(a) for a in args)]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Optional
 
 import pytest
 
@@ -79,3 +80,18 @@ def test_a_token_answer_keeps_its_secret_out_of_repr():
 
     assert parsed.token == "emr_secret" and "emr_secret" not in repr(parsed)
     assert isinstance(parsed, wire.TokenPublic)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _BothOptionals:                        # module level: get_type_hints resolves the annotations here
+    old: Optional[int] = None
+    new: int | None = None
+    files: dict[str, Optional[wire.FileInfo]]
+
+
+def test_both_spellings_of_optional_derive_a_model():
+    model = schemas.response_model(_BothOptionals)
+
+    assert model(files={}).model_dump() == {"old": None, "new": None, "files": {}}
+    assert model(old=1, new=2, files={"a": None}).new == 2
+    assert wire.from_json(_BothOptionals, {"new": 3, "files": {"a": {"sha256": "x", "size": 1}}}).files["a"].size == 1
