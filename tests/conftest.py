@@ -72,9 +72,9 @@ def tiny_experts(tmp_path_factory, tiny_base_dir, tiny_corpora) -> dict[str, Pat
 
 
 @pytest.fixture
-def acme_registry(tmp_path, tiny_base_dir):
+def acme_registry(tmp_path, tiny_base_dir, monkeypatch):
     """A live registry (uvicorn in a thread, SQLite) on the tiny base; (url, a read/publish/coordinate token of
-    owner "acme")."""
+    owner "acme"), also logged in through EXPERTMESH_REGISTRY_URL / EXPERTMESH_TOKEN for the CLI."""
     pytest.importorskip("registry.app")
     from clients.registry_client import RegistryClient
     from expertmesh.base import load_base
@@ -86,4 +86,7 @@ def acme_registry(tmp_path, tiny_base_dir):
                                 base_fingerprint=load_base(str(tiny_base_dir)).fingerprint, admin_token=ADMIN_TOKEN)
     with LiveServer(create_app(settings)) as server, RegistryClient(server.url, ADMIN_TOKEN) as admin:
         admin.create_owner("acme")
-        yield server.url, admin.create_token("acme", ["read", "publish", "coordinate"]).token
+        token = admin.create_token("acme", ["read", "publish", "coordinate"]).token
+        monkeypatch.setenv("EXPERTMESH_REGISTRY_URL", server.url)
+        monkeypatch.setenv("EXPERTMESH_TOKEN", token)
+        yield server.url, token

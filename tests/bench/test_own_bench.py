@@ -62,9 +62,7 @@ def test_own_bench_of_published_experts(acme_registry, tiny_experts, tiny_corpor
     from clients.registry_client import RegistryClient
 
     # Prepare: law and medicine published; code stays local
-    url, token = acme_registry
-    monkeypatch.setenv("EXPERTMESH_REGISTRY_URL", url)
-    monkeypatch.setenv("EXPERTMESH_TOKEN", token)
+    url, token = acme_registry                           # logged in as acme
     with RegistryClient(url, token) as reg:
         for name in ("law", "medicine"):
             reg.publish(tiny_experts[name])

@@ -13,9 +13,7 @@ def test_build_from_registry_and_serve_with_a_withdrawal(acme_registry, tiny_exp
     from cli.main import cli
     from expertmesh.compose.remote import load_remote_runtime
 
-    url, token = acme_registry
-    monkeypatch.setenv("EXPERTMESH_REGISTRY_URL", url)
-    monkeypatch.setenv("EXPERTMESH_TOKEN", token)
+    url, token = acme_registry                           # logged in as acme
     monkeypatch.setenv("EXPERTMESH_CACHE", str(tmp_path / "cache"))
     with RegistryClient(url, token) as reg:
         for path in tiny_experts.values():
