@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from expertmesh.errors import ExpertMeshError
+from expertmesh.errors import ExpertMeshError, status_for   # the one table, the same as registry/app.py uses
 from registry.web.summaries import section
 
 HERE = Path(__file__).resolve().parent
@@ -72,8 +72,6 @@ class Renderer:
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     def error(self, request: Request, exc: ExpertMeshError, *, session: Any = None) -> HTMLResponse:
-        from registry.app import status_for   # the registry's one error -> status table
-
         status = status_for(exc)
         titles = {400: "Bad request", 401: "Not logged in", 403: "Not allowed", 404: "Not found",
                   409: "Conflict", 410: "Withdrawn", 422: "Cannot process"}
