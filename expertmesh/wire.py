@@ -24,6 +24,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from expertmesh.errors import RemoteError
+
 _wire = dataclass(frozen=True, kw_only=True)   # kw_only: a subclass may add required fields after defaulted ones
 
 
@@ -269,8 +271,13 @@ def field_types(cls: type) -> dict[str, Any]:
 
 
 def from_json(cls: type, data: Any) -> Any:
-    """Build ``cls`` (a dataclass of this module) from decoded JSON; unknown keys are ignored."""
-    return _convert(cls, data)
+    """Build ``cls`` (a dataclass of this module) from decoded JSON; unknown keys are ignored. An answer that is not
+    a ``cls`` (a required field missing, a list where an object belongs, a bad timestamp) is a RemoteError, the
+    client's one error for a service that answered with something else than it promised."""
+    try:
+        return _convert(cls, data)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+        raise RemoteError(f"the registry's answer is not a valid {cls.__name__}: {e}") from None
 
 
 def _convert(tp: Any, value: Any) -> Any:

@@ -95,3 +95,21 @@ def test_both_spellings_of_optional_derive_a_model():
     assert model(files={}).model_dump() == {"old": None, "new": None, "files": {}}
     assert model(old=1, new=2, files={"a": None}).new == 2
     assert wire.from_json(_BothOptionals, {"new": 3, "files": {"a": {"sha256": "x", "size": 1}}}).files["a"].size == 1
+
+
+@pytest.mark.parametrize("body", [
+    {"status": "ok", "database": "sqlite"},                                   # required fields missing
+    ["not", "an", "object"],
+], ids=["missing-fields", "a-list"])
+def test_an_answer_that_is_not_the_promised_shape_is_a_remote_error(body):
+    from expertmesh.errors import RemoteError
+
+    with pytest.raises(RemoteError, match="not a valid Health"):
+        wire.from_json(wire.Health, body)
+
+
+def test_a_bad_timestamp_is_a_remote_error():
+    from expertmesh.errors import RemoteError
+
+    with pytest.raises(RemoteError, match="not a valid OwnerPublic"):
+        wire.from_json(wire.OwnerPublic, {"name": "a", "display_name": "A", "created_at": "yesterday"})
