@@ -17,13 +17,13 @@ All add the pairs' deltas with index_put_(accumulate=True) (not index_add_: on a
 OpenMP region stalled ~0.2 s per call even for a 3 x 16 tensor), so they agree with each other and with
 ``selected_delta_reference`` (a loop over tokens) to float tolerance; tests check all of them against the dense formula.
 
-Why this rule (benchmarks/sparse_bench.py, 1 thread, fp32, SmolLM2-135M q/k/v/o of one layer, r=8, top-2, tokens
-spread uniformly; ms per call, N=4 -> N=64 resident experts, shared machine at load ~5 on 2 cores):
-  M=1024 (16 x 64 prefill)  segment 30.6 -> 62.3 (x2.03)  padded 31.8 -> 41.6 (x1.31)  gather 273 -> 268
-  M=64   (1 x 64 prefill)   segment 3.9 -> 29.2 (x7.6)    padded 3.3 -> 6.6 (x2.0)     gather 8.5 -> 9.3
-  M=32                      padded 2.5 -> 4.2             gather 5.1 -> 4.9
-  M=16   (16-row decode)    padded 2.0 -> 3.3 (x1.6)      gather 2.3 -> 2.5 (x1.08)
-  M=1                       padded 1.5 -> 1.6             gather 0.81 -> 0.80
+Why this rule (benchmarks/sparse_bench.py -> scale-bench/sparse_bench.json: 1 thread, fp32 as served, one layer's
+SmolLM2-135M q/k/v/o, r=8, top-2, tokens uniform over N; median ms per call at N=4 -> N=64, load ~5 on 2 cores):
+  M=1024 (16 x 64 prefill)  segment 29.0 -> 56.8 (x1.96)  padded 29.9 -> 39.9 (x1.34)  gather 268 -> 255
+  M=64   (1 x 64 prefill)   segment 3.6 -> 27.6 (x7.6)    padded 3.4 -> 8.0 (x2.4)     gather 8.8 -> 9.9
+  M=32                      segment 3.0 -> 19.0           padded 2.6 -> 4.6            gather 4.7 -> 4.3
+  M=16   (16-row decode)    segment 2.6 -> 12.0           padded 2.0 -> 3.3 (x1.7)     gather 2.3 -> 2.8 (x1.2)
+  M=1                       segment 1.3 -> 1.3            padded 1.6 -> 1.5            gather 0.82 -> 0.83
 gather copies P * r * (in + out) factor values, which is cheap for a few pairs and prohibitive for thousands;
 padded's extra work is the padding (E * Tmax - P rows; ~1.5x at 2048 pairs over 64 experts) and the E experts'
 factors, so it still grows somewhat with N at prefill, far less than segment's loop.
@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import torch
 
-# Pairs below which "auto" gathers factors per pair; at and above it pads per expert (16 x top-2 decode = 32 pairs
-# gathers, 32 x top-2 = 64 pads: there padded was faster at every N in the bench above).
+# Pairs below which "auto" gathers factors per pair; at and above it pads per expert. 16-row top-2 decode (32 pairs)
+# gathers: flattest and fastest at N=64. 32 tokens (64 pairs) is a tie at N=64 (4.6 vs 4.3 ms, 4.2 vs 4.9 in an
+# earlier run) and padded is ~2x faster at N=4; from 64 tokens on padded wins at every N.
 GATHER_MAX_PAIRS = 64
 STRATEGIES = ("auto", "gather", "segment", "padded")
 
