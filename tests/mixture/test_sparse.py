@@ -33,7 +33,7 @@ def _topk_weights(m: int, k: int, top: int, seed: int = 1) -> torch.Tensor:
     return torch.zeros(m, k).scatter(-1, keep, torch.rand(m, top, generator=g))
 
 
-@pytest.mark.parametrize("strategy", ["gather", "segment", "auto"])
+@pytest.mark.parametrize("strategy", ["gather", "segment", "padded", "auto"])
 def test_selected_delta_matches_token_loop_and_dense_formula(strategy):
     # Prepare
     k, r, d_in, d_out, m = 6, 4, 12, 10, 40
@@ -49,6 +49,77 @@ def test_selected_delta_matches_token_loop_and_dense_formula(strategy):
     # Assert
     assert torch.allclose(fast, slow, atol=1e-4)
     assert torch.allclose(fast, dense, atol=1e-4)
+
+
+def _skewed_weights(m: int, k: int, seed: int = 2) -> torch.Tensor:
+    """Token counts per slot far from even: slot 0 gets ~3/4 of the tokens, slot 3 one token, slots 4 and 5 none;
+    one token has a single selected expert and one token none (a row of zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.zeros(m, k)
+    first = torch.where(torch.rand(m, generator=g) < 0.75, 0, 1)
+    w[torch.arange(m), first] = torch.rand(m, generator=g) + 0.1
+    w[torch.arange(m), torch.where(first == 0, 2, 0)] = torch.rand(m, generator=g) + 0.1
+    w[5] = 0.0
+    w[5, 3] = 0.7                                 # slot 3's only token, and its only expert
+    w[6] = 0.0                                    # a token with no expert at all
+    assert (w[:, 4:] == 0).all() and (w != 0).sum(0)[0] > m // 2
+    return w
+
+
+@pytest.mark.parametrize("strategy", ["gather", "segment", "padded", "auto"])
+@pytest.mark.parametrize("case", ["skewed", "one_expert", "one_token"])
+def test_selected_delta_on_skewed_counts_empty_slots_and_one_expert(strategy, case):
+    # Prepare: 6 slots (slot 2 holds no factors for this module), counts from 1 to ~3/4 of the tokens
+    k, r, d_in, d_out, m = 6, 4, 12, 10, 37
+    factors = _factors(k, r, d_in, d_out, seed=4)
+    a_pool, b_pool = pools_from_factors(factors, d_in, d_out)
+    x = torch.randn(m, d_in, generator=torch.Generator().manual_seed(5))
+    w = _skewed_weights(m, k)
+    if case == "one_expert":                      # every token on the same expert, the others empty
+        w = torch.zeros(m, k)
+        w[:, 1] = torch.linspace(0.1, 1.0, m)
+    elif case == "one_token":
+        x, w = x[:1], w[:1]
+    layer = MixtureLinear(nn.Linear(d_in, d_out), 0, state=None)
+    layer.set_factors(factors)
+    # Execute
+    fast = selected_delta(x, w, a_pool, b_pool, strategy=strategy)
+    # Assert
+    assert fast.shape == (x.shape[0], d_out) and fast.dtype == torch.float32
+    assert torch.allclose(fast, selected_delta_reference(x, w, a_pool, b_pool), atol=1e-4)
+    assert torch.allclose(fast, layer.dense_delta(x, w), atol=1e-4)
+    assert torch.equal(fast[(w == 0).all(1)], torch.zeros(int((w == 0).all(1).sum()), d_out))
+
+
+@pytest.mark.parametrize("strategy", ["gather", "segment", "padded", "auto"])
+def test_selected_delta_under_bf16_autocast_returns_bf16_close_to_the_reference(strategy):
+    # Prepare
+    k, r, d_in, d_out, m = 6, 4, 12, 10, 40
+    a_pool, b_pool = pools_from_factors(_factors(k, r, d_in, d_out, seed=6), d_in, d_out)
+    x, w = torch.randn(m, d_in), _skewed_weights(m, k, seed=7)
+    slow = selected_delta_reference(x, w, a_pool, b_pool)
+    # Execute
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = selected_delta(x, w, a_pool, b_pool, strategy=strategy)
+    # Assert: bf16 keeps 8 bits of mantissa, so compare relative to the output's scale
+    assert fast.dtype == torch.bfloat16
+    assert (fast.float() - slow).abs().max() <= 0.02 * slow.abs().max()
+
+
+def test_padded_equals_segment_at_serving_shapes():
+    # Prepare: 64 resident experts, 2 of them per token, 16 rows x 8 tokens; rank 8, 48 -> 24 features
+    g = torch.Generator().manual_seed(8)
+    k, r, d_in, d_out, m = 64, 8, 48, 24, 128
+    a_pool, b_pool = torch.randn(k, r, d_in, generator=g), torch.randn(k, d_out, r, generator=g)
+    x = torch.randn(m, d_in, generator=g)
+    w = _topk_weights(m, k, 2, seed=9)
+    # Execute
+    padded = selected_delta(x, w, a_pool, b_pool, strategy="padded")
+    segment = selected_delta(x, w, a_pool, b_pool, strategy="segment")
+    gather = selected_delta(x, w, a_pool, b_pool, strategy="gather")
+    # Assert
+    assert torch.allclose(padded, segment, atol=1e-4) and torch.allclose(padded, gather, atol=1e-4)
+    assert torch.allclose(padded, selected_delta_reference(x, w, a_pool, b_pool), atol=1e-3)
 
 
 def test_no_selected_pair_gives_exact_zeros():
