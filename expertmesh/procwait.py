@@ -51,6 +51,11 @@ def answers_200(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _seconds(t: float) -> str:
+    """``t`` seconds for a message: whole seconds from 10 s up, else three significant digits (0.3 s, not 0 s)."""
+    return f"{t:.0f}" if t >= 10 else f"{t:.3g}"
+
+
 def wait_until_ready(proc: subprocess.Popen, url: str, *, timeout: float, interval: float = 0.5,
                      probe_timeout: float = 2.0, name: str = "server", log: str | Path | None = None) -> None:
     """Return once ``url`` answers 200; raise ProcessNotReadyError as soon as ``proc`` has exited, or after
@@ -64,5 +69,5 @@ def wait_until_ready(proc: subprocess.Popen, url: str, *, timeout: float, interv
         if answers_200(url, probe_timeout):
             return
         if time.monotonic() >= deadline:
-            raise ProcessNotReadyError(f"{name} was not ready within {timeout:.0f} s{see}")
+            raise ProcessNotReadyError(f"{name} was not ready within {_seconds(timeout)} s{see}")
         time.sleep(interval)

@@ -64,8 +64,15 @@ def test_other_answers_are_not_ready_and_time_out(child, status):
     wait_until_ready(proc, f"{url}/ok", timeout=120, interval=0.05)          # the child is up and answering
     with pytest.raises(ProcessNotReadyError) as e:
         wait_until_ready(proc, f"{url}/health", timeout=0.3, interval=0.05, name="worker")
-    assert e.value.returncode is None and str(e.value) == "worker was not ready within 0 s"
+    assert e.value.returncode is None and str(e.value) == "worker was not ready within 0.3 s"
     assert proc.poll() is None                                               # left running for its owner
+
+
+@pytest.mark.parametrize(("timeout", "shown"), [(0.5, "0.5"), (2.25, "2.25"), (5, "5"), (600, "600"), (12.7, "13")])
+def test_the_timeout_is_shown_as_given(timeout, shown):
+    from expertmesh.procwait import _seconds
+
+    assert _seconds(timeout) == shown
 
 
 def test_the_vllm_wrapper_waits_through_it(tmp_path):
