@@ -70,7 +70,7 @@ def main() -> None:
     from expertmesh.expert.blocks import pack_blocks
     from expertmesh.expert.config import TrainConfig
     from expertmesh.expert.manifest import LoraSpec
-    from expertmesh.expert.train import bf16_supported
+    from expertmesh.precision import bf16_supported
     from expertmesh.mixture.lora_io import load_expert
     from expertmesh.mixture.model import ComposedModel
     from expertmesh.corpora.records import load_texts

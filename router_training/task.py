@@ -27,6 +27,7 @@ from torch import nn
 
 from expertmesh.errors import ConfigError
 from expertmesh.expert.blocks import mean_token_loss, pack_blocks
+from expertmesh.precision import bf16_supported
 from router_training.config import TuneConfig
 
 ROUTER_KEYS = ("expert_rows", "bias")
@@ -118,8 +119,6 @@ def pool_blocks(parts: Iterable[torch.Tensor], seed: int = 0) -> torch.Tensor:
 def _use_bf16(precision: str) -> bool:
     if precision == "fp32":
         return False
-    from expertmesh.expert.train import bf16_supported
-
     return precision == "bf16" or bf16_supported()
 
 

@@ -24,7 +24,6 @@ Budget at the defaults (SmolLM2-135M, 2 cores, bf16): scoring 2 x 2 x 48 blocks 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import random
@@ -34,7 +33,9 @@ from pathlib import Path
 import torch
 
 from expertmesh.errors import DataError
+from expertmesh.expert.digest import data_digest
 from expertmesh.expert.manifest import AUDIT_FORMAT
+from expertmesh.precision import bf16_supported
 from expertmesh.validate import check_choice, check_int
 
 log = logging.getLogger("expertmesh.audit")
@@ -64,16 +65,6 @@ class AuditConfig:
         check_int("batch_size", self.batch_size, lo=1, hi=4096)
         check_int("seed", self.seed, lo=0)
         check_choice("precision", self.precision, ["auto", "bf16", "fp32"])
-
-
-def data_digest(texts: list[str]) -> str:
-    """sha256 of the training documents in order; train records it, the audit compares it."""
-    h = hashlib.sha256()
-    for t in texts:
-        b = t.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()
 
 
 def roc_auc(members: torch.Tensor, others: torch.Tensor) -> float:
@@ -147,7 +138,6 @@ def audit_expert(expert_dir: str | Path, data: str | Path, *, heldout: str | Pat
     from expertmesh.corpora.records import load_texts
     from expertmesh.expert.canaries import canary_path, exposure, load_canaries
     from expertmesh.expert.package import verify_package
-    from expertmesh.expert.train import bf16_supported
     from expertmesh.mixture.lora_io import load_expert
     from expertmesh.mixture.model import ComposedModel
 

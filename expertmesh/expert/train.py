@@ -24,32 +24,24 @@ from torch import nn
 
 from expertmesh.base import Base, load_base
 from expertmesh.errors import ConfigError
-from expertmesh.expert.audit import data_digest
 from expertmesh.expert.blocks import mean_token_loss, pack_blocks
 from expertmesh.expert.canaries import canary_path, insert_canaries, make_canaries, save_canaries
 from expertmesh.expert.dp import accounted_epsilon, dp_step, plan_dp, poisson_batch
 from expertmesh.expert.config import TrainConfig
+from expertmesh.expert.digest import data_digest
 from expertmesh.expert.manifest import ExpertManifest, SignatureSpec
 from expertmesh.expert.package import finalize_manifest, save_signature
 from expertmesh.expert.signature import mean_layer_inputs, passages, pilot_embeddings, public_anchor_rows
 from expertmesh.fileio import atomic_directory, write_json_atomic
 from expertmesh.mixture.lora_io import ExpertWeights, save_peft_adapter
 from expertmesh.mixture.model import ComposedModel, adaptable_modules, resolve_targets
+from expertmesh.precision import bf16_supported
 
 
 @dataclass
 class TrainResult:
     out: Path
     manifest: ExpertManifest
-
-
-def bf16_supported() -> bool:
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            (torch.ones(2, 2) @ torch.ones(2, 2)).sum().item()
-        return True
-    except RuntimeError:
-        return False
 
 
 def _init_lora(model: nn.Module, paths: list[str], r: int, seed: int) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
