@@ -52,9 +52,11 @@ import click
 @click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="--own: block length.")
 @click.option("--opt-out-blocks", type=click.IntRange(min=0), default=2, show_default=True,
               help="--own: blocks per corpus for each expert's opt-out exactness check (0 skips it).")
+@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=None,
+              help="--own: override every scored composition's experts per token (as compose eval --top-k).")
 def bench(mode, tiny, out, domains, expert_domains, reuse, base, markdown, publish_dir, steps, eval_blocks,
           threads, from_results, own, datas, local, published, routers, compositions, seq_len,
-          opt_out_blocks) -> None:
+          opt_out_blocks, top_k) -> None:
     """Build corpora, train/reuse experts, evaluate every method; write results.json, plots, BENCHMARKS.md.
 
     With --own: score your own experts (local or published) on your own held-out corpora: base, each expert
@@ -65,12 +67,12 @@ def bench(mode, tiny, out, domains, expert_domains, reuse, base, markdown, publi
     """
     if own:
         _bench_own(datas, local, published, routers, compositions, base, out, seq_len, eval_blocks, opt_out_blocks,
-                   threads)
+                   threads, top_k)
         return
-    if datas or local or published or compositions:
+    if datas or local or published or compositions or top_k is not None:
         from expertmesh.errors import ConfigError
 
-        raise ConfigError("--data, --local, --expert and --composition belong to --own (your own experts and "
+        raise ConfigError("--data, --local, --expert, --composition and --top-k belong to --own (your own experts and "
                           "corpora); add --own, or use --domains for the built-in benchmark")
     from benchmarks.mesh import preset, run_bench
 
@@ -102,7 +104,7 @@ def bench(mode, tiny, out, domains, expert_domains, reuse, base, markdown, publi
 
 
 def _bench_own(datas, local, published, routers, compositions, base, out, seq_len, eval_blocks, opt_out_blocks,
-               threads) -> None:
+               threads, top_k) -> None:
     from pathlib import Path
 
     from cli.bench_own import run_own_bench
@@ -124,7 +126,7 @@ def _bench_own(datas, local, published, routers, compositions, base, out, seq_le
     res = run_own_bench(corpora=corpora, local=list(local), published=list(published), routers=list(routers),
                         compositions=list(compositions), base_spec=base, out=Path(out), seq_len=seq_len,
                         max_blocks=eval_blocks or 16, opt_out_blocks=opt_out_blocks, command=command,
-                        log=lambda m: click.echo(m, err=True))
+                        log=lambda m: click.echo(m, err=True), top_k=top_k)
     click.echo(res["text"])
     click.echo(f"results: {Path(out) / 'own-bench.json'}")
 

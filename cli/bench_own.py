@@ -40,9 +40,10 @@ def resolve_experts(local: list[str], published: list[str], out: Path, fingerpri
 
 def run_own_bench(*, corpora: dict[str, str], local: list[str], published: list[str], routers: list[str],
                   compositions: list[str], base_spec: str | None, out: Path, seq_len: int, max_blocks: int,
-                  opt_out_blocks: int, command: str, log: Callable[[str], None]) -> dict:
-    """Build, score and write; returns {"tables": [...], "text": the printed table, ...}."""
-    from cli.compose import load_runtime
+                  opt_out_blocks: int, command: str, log: Callable[[str], None], top_k: int | None = None) -> dict:
+    """Build, score and write; returns {"tables": [...], "text": the printed table, ...}. ``top_k`` overrides
+    every scored composition's experts per token, as ``compose eval --top-k`` does (None: each one's own)."""
+    from cli.compose import apply_top_k, effective_top_k, load_runtime
     from expertmesh.base import load_base
     from expertmesh.compose.build import build_composition
     from expertmesh.compose.evaluate import compare_on_corpora, compare_table_text
@@ -63,18 +64,19 @@ def run_own_bench(*, corpora: dict[str, str], local: list[str], published: list[
     tables, measured = [], set()
     for ref in refs:
         log(f"scoring {ref}")
-        rt = load_runtime(ref, dirs, base)
+        rt = apply_top_k(load_runtime(ref, dirs, base), top_k)
         try:
             singles = not set(rt.member_names) <= measured     # base, alone, oracle: once per set of experts
-            tables.append(compare_on_corpora(rt, corpora, seq_len=seq_len, max_blocks=max_blocks,
-                                             opt_out_blocks=opt_out_blocks, singles=singles))
+            table = compare_on_corpora(rt, corpora, seq_len=seq_len, max_blocks=max_blocks,
+                                       opt_out_blocks=opt_out_blocks, singles=singles)
+            tables.append({**table, "top_k": effective_top_k(rt)})
             measured |= set(rt.member_names) if singles else set()
         finally:
             rt.close()
     text = compare_table_text(tables)
     doc = {"command": command, "base": str(base.path), "base_fingerprint": base.fingerprint,
            "experts": {n: str(d) for n, d in dirs.items()}, "corpora": dict(corpora), "seq_len": seq_len,
-           "max_blocks": max_blocks, "tables": tables}
+           "max_blocks": max_blocks, "top_k": top_k, "tables": tables}
     out.mkdir(parents=True, exist_ok=True)
     (out / "own-bench.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     (out / "own-bench.txt").write_text(text + "\n", encoding="utf-8")

@@ -40,6 +40,12 @@ def open_runtime(composition: str, experts_dir: str | None, base_spec: str | Non
     from expertmesh.base import load_base
 
     rt = load_runtime(composition, experts_dir, load_base(base_spec) if base_spec else None)
+    return apply_top_k(rt, top_k)
+
+
+def apply_top_k(rt, top_k: int | None):
+    """``rt`` with its router's experts per token set to ``top_k`` (None: the composition's own); a router
+    without one is a ConfigError, and ``rt`` is closed."""
     if top_k is not None:
         from expertmesh.errors import ConfigError
 

@@ -45,7 +45,26 @@ def test_own_bench_of_local_experts(tiny_experts, tiny_corpora, tiny_base_dir, t
     assert "law alone" in text and "opt-out exactness of own-domain" in text and "opt-out exactness of own-retrieve" in text
 
 
+def test_own_bench_top_k_applies_to_every_composition(tiny_experts, tiny_corpora, tiny_base_dir, tmp_path):
+    # Prepare: the same bench twice, with the composition's own experts per token and with --top-k 1
+    def bench(out, *extra):
+        res = CliRunner().invoke(cli, ["bench", "--own", "--local", str(tiny_experts["law"].parent), "--data",
+                                       str(tiny_corpora["law"]), "--base", str(tiny_base_dir), "--seq-len", "16",
+                                       "--eval-blocks", "2", "--opt-out-blocks", "0", "--router", "domain",
+                                       "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads((out / "own-bench.json").read_text())
+
+    # Execute
+    own, one = bench(tmp_path / "own"), bench(tmp_path / "one", "--top-k", "1")
+    # Assert: recorded, and the runtime scored with one expert per token routes (so scores) differently
+    assert own["top_k"] is None and [t["top_k"] for t in own["tables"]] == [2]
+    assert one["top_k"] == 1 and [t["top_k"] for t in one["tables"]] == [1]
+    assert one["tables"][0]["corpora"][0]["composition"] != own["tables"][0]["corpora"][0]["composition"]
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--top-k", "1"], "belong to --own"),
     (["--own", "--local", "x"], "needs at least one --data"),
     (["--own", "--data", "no/such/corpus", "--local", "."], "no/such/corpus does not exist"),
     (["--data", "."], "belong to --own"),
@@ -55,6 +74,12 @@ def test_own_bench_of_local_experts(tiny_experts, tiny_corpora, tiny_base_dir, t
 def test_own_bench_refuses_before_the_base_loads(args, message):
     res = CliRunner().invoke(cli, ["bench", *args, "--base", "no/such/base"])
     assert res.exit_code == 1 and message in res.output
+
+
+def test_own_bench_top_k_is_validated_like_compose_eval():
+    res = CliRunner().invoke(cli, ["bench", "--own", "--data", "tests/bench", "--local", ".", "--top-k", "0",
+                                   "--base", "no/such/base"])
+    assert res.exit_code == 2 and "Invalid value for '--top-k': 0 is not in the range x>=1" in res.output
 
 
 def test_own_bench_of_published_experts(acme_registry, tiny_experts, tiny_corpora, tiny_base_dir, tmp_path,
