@@ -73,7 +73,7 @@ def set_lora_arrays(model, arrays: dict) -> None:
 
 def train_lora(model, blocks: torch.Tensor, cfg, *, seed: int) -> dict:
     """``cfg.steps`` AdamW steps on the LoRA factors (cfg: TuneConfig), LoRA fully on; grad-norm clip 1."""
-    from router_training.task import _use_bf16
+    from expertmesh.precision import use_bf16 as _use_bf16
 
     params = [t for pair in model.lora_params.values() for t in pair]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

@@ -100,7 +100,7 @@ def mot_step(mot: MoTModel, ids: torch.Tensor, cfg: MoTTrainConfig, gen: torch.G
 
 def train_mot(mot: MoTModel, blocks: torch.Tensor, cfg: MoTTrainConfig, *, seed: int | None = None) -> dict:
     """``cfg.steps`` AdamW steps on selector + interaction layers; the base and experts stay frozen."""
-    from router_training.task import _use_bf16
+    from expertmesh.precision import use_bf16 as _use_bf16
 
     if len(blocks) == 0:
         raise ConfigError("no training blocks for MoT: the data is smaller than one block; lower seq_len")

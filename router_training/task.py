@@ -27,7 +27,7 @@ from torch import nn
 
 from expertmesh.errors import ConfigError
 from expertmesh.expert.blocks import mean_token_loss, pack_blocks
-from expertmesh.precision import bf16_supported
+from expertmesh.precision import use_bf16 as _use_bf16
 from router_training.config import TuneConfig
 
 ROUTER_KEYS = ("expert_rows", "bias")
@@ -116,12 +116,6 @@ def pool_blocks(parts: Iterable[torch.Tensor], seed: int = 0) -> torch.Tensor:
 
 
 # -- training and evaluation ----------------------------------------------------------------------------
-def _use_bf16(precision: str) -> bool:
-    if precision == "fp32":
-        return False
-    return precision == "bf16" or bf16_supported()
-
-
 def tune_router(composed, blocks: torch.Tensor, cfg: TuneConfig, *, seed: int | None = None,
                 allowed: torch.Tensor | None = None) -> dict:
     """``cfg.steps`` Adam steps on the router only, batches drawn from ``blocks`` with a seeded generator.

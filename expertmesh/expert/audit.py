@@ -35,7 +35,7 @@ import torch
 from expertmesh.errors import DataError
 from expertmesh.expert.digest import data_digest
 from expertmesh.expert.manifest import AUDIT_FORMAT
-from expertmesh.precision import bf16_supported
+from expertmesh.precision import use_bf16 as resolve_bf16
 from expertmesh.validate import check_choice, check_int
 
 log = logging.getLogger("expertmesh.audit")
@@ -174,7 +174,7 @@ def audit_expert(expert_dir: str | Path, data: str | Path, *, heldout: str | Pat
     seq_len = int(tcfg.get("seq_len", 256))
     members, others = _mia_blocks(tok, train_texts, heldout_texts, seq_len, cfg)
     windows = extraction_windows(tok, train_texts, cfg)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+    use_bf16 = resolve_bf16(cfg.precision)
     expert = load_expert(expert_dir, expected_fingerprint=b.fingerprint)
     model = ComposedModel(b.model, [expert])
     none = torch.zeros(1, dtype=torch.bool)

@@ -35,7 +35,7 @@ from expertmesh.expert.signature import mean_layer_inputs, passages, pilot_embed
 from expertmesh.fileio import atomic_directory, write_json_atomic
 from expertmesh.mixture.lora_io import ExpertWeights, save_peft_adapter
 from expertmesh.mixture.model import ComposedModel, adaptable_modules, resolve_targets
-from expertmesh.precision import bf16_supported
+from expertmesh.precision import use_bf16 as resolve_bf16
 
 
 @dataclass
@@ -161,7 +161,7 @@ def _train_loop(cfg, composed, lora, row, blocks, progress, on_step, dp_plan=Non
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     trainable = [p for g in groups for p in g["params"]]
     base_lrs = [g["lr"] for g in opt.param_groups]
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported())
+    use_bf16 = resolve_bf16(cfg.precision)
     ckpt = _checkpoint_dir(cfg)
     start, losses = 0, []
     if cfg.resume and (ckpt / "progress.json").is_file():
