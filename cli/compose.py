@@ -108,6 +108,10 @@ def compose() -> None:
 @click.option("--min-score", type=float, default=None,
               help="Retriever: members scoring below this cosine are never candidates, so prompts no expert "
                    "resembles are answered by the public base (see BENCHMARKS.md for measured scores).")
+@click.option("--pilot-score", type=click.Choice(["mean", "top3", "max"]), default="mean", show_default=True,
+              help="Retriever: a member's score is the mean, the mean of the best 3, or the best of its pilots' "
+                   "cosine similarities to the prompt (top3 routed best at 64 fine domains; --min-score was "
+                   "calibrated on mean).")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Gate temperature.")
 @click.option("--artifact", type=click.Path(), default=None, help="tuned: safetensors of a router-tuning run.")
 @click.option("--description", default="")
@@ -116,15 +120,15 @@ def compose() -> None:
 @click.option("--publish/--no-publish", default=None,
               help="Store in the registry (default: yes from the registry, no with --local).")
 @click.option("--overwrite", is_flag=True)
-def build_cmd(name, router_type, local, names, domain, top_k, top_m, selection, min_score, temperature, artifact,
-              description, out, publish, overwrite) -> None:
+def build_cmd(name, router_type, local, names, domain, top_k, top_m, selection, min_score, pilot_score, temperature,
+              artifact, description, out, publish, overwrite) -> None:
     """Build a composition: verify members, build router artifacts, write and/or store it.
 
     Example: expertmesh compose build clinic --router retrieve --top-m 2
     Example: expertmesh compose build demo --local experts/ --router domain --out compositions/demo
     """
-    opts = dict(top_k=top_k, top_m=top_m, selection=selection, min_score=min_score, temperature=temperature,
-                description=description)
+    opts = dict(top_k=top_k, top_m=top_m, selection=selection, min_score=min_score, pilot_score=pilot_score,
+                temperature=temperature, description=description)
     if artifact:
         opts["artifact"] = artifact
     if local:

@@ -68,6 +68,7 @@ def build_composition(name: str, expert_dirs, router_type: str = "domain", *, ba
                       out: str | Path | None = None, overwrite: bool = False, top_k: int | None = None,
                       top_m: int | None = None, temperature: float = 1.0, selection: str | None = None,
                       score_temperature: float | None = None, min_score: float | None = None,
+                      pilot_score: str = "mean",
                       description: str = "",
                       provenance: dict[str, Any] | None = None, versions: dict[str, int] | None = None,
                       **router_options) -> tuple[CompositionSpec, dict]:
@@ -101,7 +102,7 @@ def build_composition(name: str, expert_dirs, router_type: str = "domain", *, ba
                            members=members, temperature=temperature, description=description,
                            embedder=experts[0].manifest.signature.embedder, provenance=prov,
                            **({"score_temperature": score_temperature} if score_temperature is not None else {}),
-                           min_score=min_score, **opts)
+                           min_score=min_score, pilot_score=pilot_score, **opts)
     if out is not None:
         spec = write_composition(out, spec, tensors, overwrite=overwrite)
     return spec, tensors

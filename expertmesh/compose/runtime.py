@@ -98,7 +98,8 @@ class CompositionRuntime:
     def _make_index(self) -> PilotIndex | None:
         if "pilots" not in self.tensors or len(self.tensors["pilots"]) == 0:
             return None
-        return PilotIndex(self.tensors["pilots"].numpy(), self.tensors["pilot_owner"].numpy(), len(self.experts))
+        return PilotIndex(self.tensors["pilots"].numpy(), self.tensors["pilot_owner"].numpy(), len(self.experts),
+                          rule=self.spec.pilot_score)
 
     # -- membership and withdrawal ----------------------------------------------------------------------
     @property

@@ -35,6 +35,7 @@ ROUTER_FILE = "router.safetensors"
 OPTIONAL_FILES = ("README.md",)
 ALLOWED_FILES = (COMPOSITION_FILE, ROUTER_FILE) + OPTIONAL_FILES
 SELECTIONS = ("token", "sequence", "both")
+PILOT_SCORES = ("mean", "top3", "max")        # retriever scoring rules (compose/selector.py)
 CORE_TENSORS = ("expert_rows", "anchor_rows", "bias", "pilots", "pilot_owner")
 
 
@@ -92,6 +93,8 @@ class CompositionSpec:
                "both"     retriever picks the top-m candidates, then the token-level gate runs among them.
     top_m: retriever candidate count (None = all members); only used when selection is not "token".
     Cosine scores differ by ~0.05-0.3 between domains, hence score_temperature ~0.05 for "sequence" weights.
+    pilot_score: retriever only: a member's score is the mean ("mean"), the mean of the best 3 ("top3") or the
+    best ("max") of its pilots' cosine similarities to the prompt (compose/selector.py).
     min_score: retriever only: members scoring below it are never candidates, so a request no member's pilots
     resemble (an uncovered domain) is answered by the public base instead of the nearest-but-wrong expert.
     """
@@ -107,6 +110,7 @@ class CompositionSpec:
     selection: str = "token"
     score_temperature: float = 0.05      # sequence selection: softmax(cosine score / this) over the top-m
     min_score: float | None = None       # retriever: a member needs at least this cosine score to be a candidate
+    pilot_score: str = "mean"            # retriever: how a member's pilot similarities make its score (selector.py)
     embedder: str | None = None          # embedder of the pilots (None = the default embedder)
     description: str = ""
     created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
@@ -140,6 +144,7 @@ class CompositionSpec:
         self.score_temperature = check_float("score_temperature", self.score_temperature, lo=0.0, lo_open=True)
         if self.min_score is not None:
             self.min_score = check_float("min_score", self.min_score, lo=-1.0, hi=1.0)
+        check_choice("pilot_score", self.pilot_score, PILOT_SCORES)
         if not isinstance(self.provenance, dict):
             raise ConfigError("provenance must be a JSON object")
         if self.format_version != FORMAT_VERSION:

@@ -51,7 +51,8 @@ class GatewayRouter:
                                detail={"missing": missing})
         self.spec = spec
         self.expert_dirs = {k: Path(v) for k, v in expert_dirs.items()}
-        self.index = PilotIndex(tensors["pilots"].numpy(), tensors["pilot_owner"].numpy(), len(spec.members))
+        self.index = PilotIndex(tensors["pilots"].numpy(), tensors["pilot_owner"].numpy(), len(spec.members),
+                                rule=spec.pilot_score)
         self._embed = embed
         self.adapters = {m.name: adapter_id(m.name, m.version) for m in spec.members}
 

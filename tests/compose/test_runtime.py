@@ -208,6 +208,23 @@ def test_min_score_sends_prompts_no_expert_resembles_to_the_public_base(tmp_path
         build_composition("bad", tiny_experts, "retrieve", min_score=1.5)
 
 
+def test_pilot_score_is_stored_and_used_by_the_runtimes_retriever(tmp_path, tiny_experts, tiny_base_dir):
+    from expertmesh.compose.build import build_composition
+    from expertmesh.compose.spec import read_composition
+    from expertmesh.errors import ConfigError
+    from expertmesh.testing import TINY_TEXTS
+
+    build_composition("ret-max", tiny_experts, "retrieve", out=tmp_path / "c", pilot_score="max")
+    assert read_composition(tmp_path / "c")[0].pilot_score == "max"
+    rt = CompositionRuntime.load(tmp_path / "c", tiny_experts, fresh_base(tiny_base_dir))
+    plan = rt.plan([TINY_TEXTS["law"][1]])
+    index = rt._index                                  # the runtime's retriever applies the stored rule
+    assert index.rule == "max"
+    assert plan.candidates[0]
+    with pytest.raises(ConfigError, match="pilot_score"):
+        build_composition("bad", tiny_experts, "retrieve", pilot_score="median")
+
+
 def test_without_is_a_composition_without_the_member_and_gives_the_runtime_back(compositions, tiny_experts,
                                                                                 tiny_base_dir):
     # Prepare: the full composition, and one built without law on a base of its own
