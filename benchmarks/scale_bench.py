@@ -35,13 +35,18 @@ def log(msg: str) -> None:
 
 def _args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["train", "quality", "cost", "all"], default="all",
+    ap.add_argument("--part", choices=["train", "quality", "cost", "federated", "all"], default="all",
                     help="train: only fill the expert cache (with --shard, several processes share the work)")
     ap.add_argument("--shard", default="0/1", help="train: I/K trains experts I, I+K, I+2K, ... of the order")
     ap.add_argument("--tiny", action="store_true", help="config-built model and synthetic corpora (seconds)")
     ap.add_argument("--n", default="4,16,64", help="quality: numbers of real (trained) experts")
     ap.add_argument("--routing-n", default="4,16,64", help="quality: N for routing accuracy from pilots alone")
     ap.add_argument("--cost-n", default="4,16,64,256,1024", help="cost: numbers of experts")
+    ap.add_argument("--fed-n", type=int, default=16, help="federated: owners (the first N experts of the order)")
+    ap.add_argument("--fed-rounds", type=int, default=2)
+    ap.add_argument("--fed-local-steps", type=int, default=4, help="federated: router steps per owner per round")
+    ap.add_argument("--fed-lr", type=float, default=1e-2)
+    ap.add_argument("--fed-eval-blocks", type=int, default=4, help="federated: held-out blocks per domain")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=64)
@@ -50,6 +55,9 @@ def _args():
     ap.add_argument("--eval-blocks", type=int, default=2)
     ap.add_argument("--passages", type=int, default=8, help="held-out passages per domain for routing accuracy")
     ap.add_argument("--pilot-passages", type=int, default=256, help="training passages per domain for its pilots")
+    ap.add_argument("--pilot-score", choices=["mean", "top3", "max"], default="top3",
+                    help="retriever scoring rule of the rows (benchmarks/routing_rules.py compared them); routing "
+                         "under the default rule 'mean' goes to details")
     ap.add_argument("--budget-mb", type=float, default=128.0, help="cost: resident LoRA memory budget")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default=str(ROOT / "runs" / "scale"))
@@ -113,12 +121,15 @@ def run_quality(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], 
                                                                             if n])] + uncovered}, args.passages)
     # --routing-n "": routing from the trained packages' own pilots only (the N of --n)
     routing_ns = [min(int(n), len(order)) for n in args.routing_n.split(",") if n]
-    routing = q.pilot_routing(corpora, order, routing_ns, passages, limit=args.pilot_passages, log=log) \
-        if routing_ns else {}
+    rules = tuple(dict.fromkeys([args.pilot_score, "mean"]))
+    by_rule = q.pilot_routing(corpora, order, routing_ns, passages, limit=args.pilot_passages, rules=rules,
+                              log=log) if routing_ns else {}
+    routing = by_rule.get(args.pilot_score, {})
     rows, details, memo = [], {"train": train_info, "order": order[:max(ns + routing_ns)],
                                "uncovered": uncovered}, {}
     for n in ns:
-        ev = q.evaluate_n(base, dirs, order[:n], uncovered, blocks, passages, log, memo)
+        ev = q.evaluate_n(base, dirs, order[:n], uncovered, blocks, passages, log, memo,
+                          pilot_score=args.pilot_score)
         row = q.summarise(n, ev)
         details[f"n{n}"] = {**row.pop("details"), "routing_packages_confusion": ev["confusion"].tolist(),
                             "members": order[:n]}
@@ -133,9 +144,12 @@ def run_quality(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], 
         details.setdefault(f"n{n}", {}).update(
             {"routing_by_domain": routing[n]["per_domain"], "confusion": routing[n]["confusion"],
              "members": routing[n]["members"], "routing_method": "retriever over each owner's 8 pilots "
-             f"(k-means of <= {args.pilot_passages} embedded training passages), held-out passages as queries"})
+             f"(k-means of <= {args.pilot_passages} embedded training passages), held-out passages as queries, "
+             f"pilot score {args.pilot_score!r}",
+             "routing_by_rule": {r: {"top1": by_rule[r][n]["top1"], "top3": by_rule[r][n]["top3"]} for r in rules}})
     rows.sort(key=lambda x: x["n_experts"])
     details["quality_seconds"] = round(time.perf_counter() - t0, 1)
+    details["pilot_score"] = args.pilot_score
     details["budget"] = {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len,
                          "tokens_per_expert": args.steps * args.batch_size * args.seq_len, "rank": args.rank,
                          "eval_blocks": args.eval_blocks, "passages_per_domain": args.passages}
@@ -174,6 +188,20 @@ def run_cost(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], dic
                       corpora={d: corpora[d] for d in order})
 
 
+def run_fed(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], dict]:
+    """Federated (Flower simulation) vs central router tuning over the first --fed-n trained experts."""
+    import scale_federated as f
+    import scale_quality as q
+
+    work = Path(args.work)
+    order = q.domain_order([d for d in corpora if d not in uncovered])[:args.fed_n]
+    dirs, _ = q.train_all(train_configs(args, corpora, order, base_spec, work), base, work / "experts", log)
+    res = f.run_federated(base, base_spec, dirs, {d: corpora[d] for d in order}, work / f"federated-n{args.fed_n}",
+                          rounds=args.fed_rounds, local_steps=args.fed_local_steps, batch_size=args.batch_size,
+                          seq_len=args.seq_len, lr=args.fed_lr, eval_blocks=args.fed_eval_blocks, log=log)
+    return [], res
+
+
 def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
     """Rows by n_experts: a part fills its fields and keeps the other part's from an earlier run."""
     old = {}
@@ -196,6 +224,7 @@ def main() -> None:
         args.n, args.routing_n, args.cost_n = "2,3", "2,3", "2,3,8"
         args.steps, args.batch_size, args.seq_len = 2, 2, 32
         args.eval_blocks, args.passages, args.budget_mb = 1, 2, 0.05
+        args.fed_n, args.fed_rounds, args.fed_local_steps, args.fed_eval_blocks = 3, 1, 2, 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -205,10 +234,11 @@ def main() -> None:
         return
     rows, details = [], {}
     details_path = out / "details.json"
-    parts = ["quality", "cost"] if args.part == "all" else [args.part]
+    parts = ["quality", "cost", "federated"] if args.part == "all" else [args.part]
+    runners = {"quality": run_quality, "cost": run_cost, "federated": run_fed}
     for part in parts:
         t_part = time.perf_counter()
-        r, d = (run_quality if part == "quality" else run_cost)(args, base, base_spec, corpora, uncovered)
+        r, d = runners[part](args, base, base_spec, corpora, uncovered)
         rows += r
         details[part] = {**d, "seconds": round(time.perf_counter() - t_part, 1),
                          "load_average_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],

@@ -94,7 +94,7 @@ def routing_accuracy(rt, passages: dict[str, list[str]], covered: list[str]) -> 
 
 
 def evaluate_n(base, dirs: dict[str, Path], covered: list[str], uncovered: list[str], blocks, passages,
-               log, memo: dict | None = None) -> dict:
+               log, memo: dict | None = None, pilot_score: str = "mean") -> dict:
     """Every quality figure for one N (the members ``covered``, in that order). ``memo`` keeps base and oracle
     losses between N: by the opt-out property a composition masked to one member (or none) computes exactly
     what that member alone (or the base) does, whatever N is."""
@@ -106,7 +106,8 @@ def evaluate_n(base, dirs: dict[str, Path], covered: list[str], uncovered: list[
     experts = load_members(members, base.fingerprint)
     out: dict = {"members": covered, "uncovered": uncovered, "per_domain": {}}
     for router in ("domain", "retrieve"):
-        spec, tensors = build_composition(f"scale-{len(covered)}-{router}", members, router, base=base)
+        spec, tensors = build_composition(f"scale-{len(covered)}-{router}", members, router, base=base,
+                                          pilot_score=pilot_score)
         rt = CompositionRuntime(spec, tensors, base, experts)
         try:
             if router == "retrieve":
@@ -170,11 +171,12 @@ def summarise(n: int, ev: dict) -> dict:
 
 
 def pilot_routing(corpora: dict[str, Path], order: list[str], ns: list[int], passages: dict[str, list[str]],
-                  *, num_pilots: int = 8, limit: int = 256, seed: int = 0, log=print) -> dict:
+                  *, num_pilots: int = 8, limit: int = 256, seed: int = 0, rules=("mean",), log=print) -> dict:
     """Retriever routing accuracy from the owners' pilots alone (what each package's signature carries:
     k-means centroids of the embedded training passages, as train_expert makes them, here from at most
     ``limit`` passages per domain), for every N in ``ns`` over the prefix ``order[:N]``. Needs no trained
-    LoRA, so it reaches N=64 where training 64 experts did not fit the time."""
+    LoRA, so it reaches N=64 where training 64 experts did not fit the time. One result per scoring rule
+    (compose/selector.py) in ``rules``: {rule: {N: ...}}."""
     from expertmesh.compose.selector import PilotIndex
     from expertmesh.corpora.records import load_texts
     from expertmesh.embedder import get_embedder
@@ -188,11 +190,11 @@ def pilot_routing(corpora: dict[str, Path], order: list[str], ns: list[int], pas
         if (i + 1) % 8 == 0:
             log(f"[scale] pilots {i + 1}/{top}")
     queries = {d: emb.embed(passages[d]) for d in order[:top] if passages[d]}    # (a tiny held-out doc: none)
-    out = {}
-    for n in ns:
+    out = {rule: {} for rule in rules}
+    for rule, n in ((r, n) for r in rules for n in ns):
         names = order[:n]
         index = PilotIndex(np.concatenate([pilots[d] for d in names]),
-                           np.concatenate([np.full(len(pilots[d]), j) for j, d in enumerate(names)]), n)
+                           np.concatenate([np.full(len(pilots[d]), j) for j, d in enumerate(names)]), n, rule=rule)
         conf = np.zeros((n, n), dtype=np.int64)
         per = {}
         for i, d in enumerate(names):
@@ -202,8 +204,8 @@ def pilot_routing(corpora: dict[str, Path], order: list[str], ns: list[int], pas
             per[d] = {"top1": float(np.mean(rank[:, 0] == i)), "top3": float(np.mean((rank[:, :3] == i).any(1))),
                       "passages": len(queries[d])}
             np.add.at(conf[i], rank[:, 0], 1)
-        out[n] = {"per_domain": per, "confusion": conf.tolist(), "members": names,
-                  "no_heldout_passages": [d for d in names if d not in queries],
-                  "top1": round(float(np.mean([p["top1"] for p in per.values()])), 4),
-                  "top3": round(float(np.mean([p["top3"] for p in per.values()])), 4)}
+        out[rule][n] = {"per_domain": per, "confusion": conf.tolist(), "members": names,
+                        "no_heldout_passages": [d for d in names if d not in queries],
+                        "top1": round(float(np.mean([p["top1"] for p in per.values()])), 4),
+                        "top3": round(float(np.mean([p["top3"] for p in per.values()])), 4)}
     return out

@@ -42,6 +42,21 @@ def target_values(results: dict, details: dict) -> dict:
     return out
 
 
+def federated_target(f: dict | None) -> str:
+    """The federated-vs-central target line (issue 11: >= 0.9 of central tuning's gain at N=16)."""
+    head = "- federated router tuning >= 0.9 of central tuning's gain at N=16"
+    if not f:
+        return head + ": not run"
+    ratio = f.get("gain_ratio")
+    verdict = "no central gain to recover" if ratio is None else ("met" if ratio >= 0.9 else "MISSED")
+    return (f"{head}: {ratio} — {verdict}. N={f['owners']} owners, {f['rounds']} Flower rounds x "
+            f"{f['local_steps']} local steps each (batch {f['batch_size']} x {f['seq_len']}), central "
+            f"{f['central_steps']} steps on the pooled data; mean held-out loss ({f['eval_blocks']} blocks per "
+            f"domain) untuned {f['untuned']['mean']}, federated {f['federated']['mean']}, central "
+            f"{f['central']['mean']}: gains {f['federated_gain_nats']} and {f['central_gain_nats']} nats. "
+            f"`{f.get('command')}`, load average {f.get('load_average_1min')}, {f.get('seconds')} s.")
+
+
 def write_plots(results: dict, details: dict, out: Path) -> list[str]:
     import matplotlib
 
@@ -139,6 +154,14 @@ def render(results: dict, details: dict, rel: str, out: Path = Path(".")) -> str
                                                             "composed_over_oracle", "uncovered_delta_nats",
                                                             "tokens_per_s_b1", "tokens_per_s_b16", "peak_rss_mb",
                                                             "build_s"]) + " |")
+    by_rule = [(k[1:], v["routing_by_rule"]) for k, v in q.items() if k.startswith("n") and isinstance(v, dict)
+               and "routing_by_rule" in v]
+    if by_rule:
+        lines += ["", "Routing top-1 / top-3 by the retriever's pilot scoring rule (the rows use "
+                  f"{q.get('pilot_score', 'top3')!r}; `mean` is the composition default; all rules compared in "
+                  "`benchmarks/routing_rules.py`): " + "; ".join(
+                      f"N={n}: " + ", ".join(f"{r} {x['top1']} / {x['top3']}" for r, x in rules.items())
+                      for n, rules in sorted(by_rule, key=lambda kv: int(kv[0])))]
     extra = [(k, v) for k, v in q.items() if k.startswith("n") and isinstance(v, dict) and "retrieve_over_oracle" in v]
     if extra:
         lines += ["", "| N | retrieve/oracle | composed/uniform merge | oracle/base | uncovered Δ max (default) | "
@@ -166,31 +189,22 @@ def render(results: dict, details: dict, rel: str, out: Path = Path(".")) -> str
     for text, key, ok in TARGETS:
         v = vals.get(key)
         lines.append(f"- {text}: " + ("not measured" if v is None else f"{v} — {'met' if ok(v) else 'MISSED'}"))
-    lines.append("- federated router tuning >= 0.9 of central tuning's gain at N=16: not run (no time left on the "
-                 "shared machine after training; the Flower simulation path is unchanged by this issue)")
+    lines.append(federated_target(details.get("federated")))
     plots = [p for p in ("confusion_n64.png", "tokens_per_s_vs_n.png", "memory_vs_n.png") if (out / p).is_file()]
     lines += ["", "Plots: " + ", ".join(f"[{p}]({rel}/{p})" for p in plots)]
     return "\n".join(lines)
 
 
-def replace_section(path: Path, body: str) -> None:
-    start, end = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def write_markdown(results: dict, details: dict, markdown: Path, out: Path) -> None:
     rel = out.resolve().relative_to(markdown.resolve().parent).as_posix()
-    replace_section(markdown, render(results, details, rel, out))
+    from benchmarks.mesh.markdown import replace_section
+
+    replace_section(markdown, SECTION, render(results, details, rel, out))
 
 
 if __name__ == "__main__":
     root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
     out = root / "benchmarks" / "scale-bench"
     res, det = (json.loads((out / f).read_text()) for f in ("results.json", "details.json"))
     print("plots:", write_plots(res, det, out))

@@ -1,7 +1,9 @@
-"""The scale bench end to end on a config-built model (slow: ~2 min on a loaded 2-core machine)."""
+"""The scale bench end to end on a config-built model, federated part included (slow: ~3-5 min on a loaded 2-core
+machine, most of it Ray start-up)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +29,9 @@ def test_tiny_scale_bench_writes_the_issue_format(tmp_path):
     details = json.loads((out / "details.json").read_text())
     assert details["cost"]["by_n"]["8"]["resident_peak_mb"] <= details["cost"]["by_n"]["8"]["budget_mb"]
     assert (out / "tokens_per_s_vs_n.png").is_file() and (out / "memory_vs_n.png").is_file()
+    fed = details["federated"]                         # Flower simulation vs central tuning over the 3 owners
+    assert fed["owners"] == 3 and fed["federated_train_tokens"] > 0 and fed["central_steps"] == 3 * 1 * 2
+    for method in ("untuned", "federated", "central"):
+        assert set(fed[method]) == {"medicine", "law", "code", "mean"}
+        assert all(math.isfinite(v) for v in fed[method].values())
+    assert fed["federated_gain_nats"] == round(fed["untuned"]["mean"] - fed["federated"]["mean"], 5)
