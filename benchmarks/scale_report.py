@@ -42,6 +42,21 @@ def target_values(results: dict, details: dict) -> dict:
     return out
 
 
+def routing_rules_lines(rr: dict) -> list[str]:
+    """The pilot-scoring-rule comparison (benchmarks/routing_rules.py) as a small table of top-1 (top-3)."""
+    rules = list(dict.fromkeys(r["rule"] for r in rr["rows"]))
+    out = [f"Retriever scoring rules at {rr['domains']} fine domains (`python benchmarks/routing_rules.py "
+           f"--limit {rr['train_passages']} --passages {rr['heldout_passages']}`: pilots from "
+           f"{rr['train_passages']} training passages per domain, {rr['heldout_passages']} held-out passages per "
+           "domain as queries; top-1 (top-3); centred = the mean of all pilots subtracted before the cosine):", "",
+           "| pilots | centred | " + " | ".join(rules) + " |", "|---|---|" + "---:|" * len(rules)]
+    keys = list(dict.fromkeys((r["num_pilots"], r["centred"]) for r in rr["rows"]))
+    for k, c in keys:
+        cells = {r["rule"]: f"{r['top1']} ({r['top3']})" for r in rr["rows"] if (r["num_pilots"], r["centred"]) == (k, c)}
+        out.append(f"| {k} | {'yes' if c else 'no'} | " + " | ".join(cells.get(x, "") for x in rules) + " |")
+    return out
+
+
 def federated_target(f: dict | None) -> str:
     """The federated-vs-central target line (issue 11: >= 0.9 of central tuning's gain at N=16)."""
     head = "- federated router tuning >= 0.9 of central tuning's gain at N=16"
@@ -139,6 +154,9 @@ def render(results: dict, details: dict, rel: str, out: Path = Path(".")) -> str
                          f"batch {r['batch']} x {r['seq_len']}: train {r['train_tokens_per_s']} tok/s, forward "
                          f"{r['forward_tokens_per_s']} tok/s, ratio {r['ratio']} (FLOP limit ~0.33). "
                          f"{ts.get('note', '')}" for r in ts["rows"]]
+    rr_path = Path(__file__).resolve().parent / "scale-bench" / "routing_rules.json"
+    if rr_path.is_file():
+        lines += [""] + routing_rules_lines(json.loads(rr_path.read_text()))
     if q.get("train"):
         tr = q["train"]
         lines += ["", f"Bench cost: each expert's training loop took {tr.get('loop_seconds_per_expert')} s on "
