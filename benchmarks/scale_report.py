@@ -42,6 +42,22 @@ def target_values(results: dict, details: dict) -> dict:
     return out
 
 
+def sparse_bench_lines(sb: dict) -> list[str]:
+    """Selected-only LoRA delta cost per strategy (benchmarks/sparse_bench.py): median ms, N=4 -> 16 -> 64."""
+    ns = sorted({r["n_experts"] for r in sb["rows"]})
+    strategies = list(dict.fromkeys(r["strategy"] for r in sb["rows"]))
+    cell = {(r["m"], r["strategy"], r["n_experts"]): r["median_ms"] for r in sb["rows"]}
+    out = [f"Selected-only LoRA deltas by strategy (`python benchmarks/sparse_bench.py`, {sb['date'][:16]} UTC, "
+           f"{sb['threads']} thread, {'bf16 autocast' if sb['bf16_autocast'] else 'fp32 as served'}, load "
+           f"{sb['loadavg_before'][0]} -> {sb['loadavg_after'][0]}): {sb['unit']}, at N = "
+           + " / ".join(map(str, ns)) + " resident experts, top-2 per token spread uniformly; auto is the engine's "
+           "choice.", "", "| tokens per call | " + " | ".join(strategies) + " |", "|---:|" + "---|" * len(strategies)]
+    for m in sorted({r["m"] for r in sb["rows"]}, reverse=True):
+        out.append(f"| {m} | " + " | ".join(" / ".join(f"{cell[(m, st, n)]:.1f}" for n in ns if (m, st, n) in cell)
+                                          for st in strategies) + " |")
+    return out
+
+
 def routing_rules_lines(rr: dict) -> list[str]:
     """The pilot-scoring-rule comparison (benchmarks/routing_rules.py) as a small table of top-1 (top-3)."""
     rules = list(dict.fromkeys(r["rule"] for r in rr["rows"]))
@@ -61,7 +77,7 @@ def federated_target(f: dict | None) -> str:
     """The federated-vs-central target line (issue 11: >= 0.9 of central tuning's gain at N=16)."""
     head = "- federated router tuning >= 0.9 of central tuning's gain at N=16"
     if not f:
-        return head + ": not run"
+        return head + ": not run (`python benchmarks/scale_bench.py --part federated`)"
     ratio = f.get("gain_ratio")
     verdict = "no central gain to recover" if ratio is None else ("met" if ratio >= 0.9 else "MISSED")
     return (f"{head}: {ratio} — {verdict}. N={f['owners']} owners, {f['rounds']} Flower rounds x "
@@ -154,6 +170,9 @@ def render(results: dict, details: dict, rel: str, out: Path = Path(".")) -> str
                          f"batch {r['batch']} x {r['seq_len']}: train {r['train_tokens_per_s']} tok/s, forward "
                          f"{r['forward_tokens_per_s']} tok/s, ratio {r['ratio']} (FLOP limit ~0.33). "
                          f"{ts.get('note', '')}" for r in ts["rows"]]
+    sb_path = Path(__file__).resolve().parent / "scale-bench" / "sparse_bench.json"
+    if sb_path.is_file():
+        lines += [""] + sparse_bench_lines(json.loads(sb_path.read_text()))
     rr_path = Path(__file__).resolve().parent / "scale-bench" / "routing_rules.json"
     if rr_path.is_file():
         lines += [""] + routing_rules_lines(json.loads(rr_path.read_text()))
