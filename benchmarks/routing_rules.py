@@ -46,25 +46,19 @@ def embed_all(corpora: dict[str, Path], names: list[str], limit: int, per_domain
     return out
 
 
-def member_scores(sims: np.ndarray, owner: np.ndarray, n: int, rule: str) -> np.ndarray:
-    """[B, N] from [B, P] query-pilot cosines under one rule (the same rules as compose/selector.py)."""
+def lse_scores(sims: np.ndarray, owner: np.ndarray, n: int, t: float = 0.05) -> np.ndarray:
+    """[B, N] soft maximum of each member's cosines at temperature t, normalised by its pilot count (the one rule
+    compared here that compose/selector.py does not offer: it needs many pilots to pay)."""
     out = np.full((len(sims), n), -np.inf)
     for j in range(n):
-        s = np.sort(sims[:, owner == j], axis=1)[:, ::-1]
-        if rule == "mean":
-            out[:, j] = s.mean(1)
-        elif rule == "max":
-            out[:, j] = s[:, 0]
-        elif rule == "top3":
-            out[:, j] = s[:, :3].mean(1)
-        elif rule == "lse":                    # soft maximum at temperature 0.05, normalised by pilot count
-            t = 0.05
-            m = s[:, :1]
-            out[:, j] = (m[:, 0] + t * np.log(np.exp((s - m) / t).mean(1)))
+        s = sims[:, owner == j]
+        m = s.max(1, keepdims=True)
+        out[:, j] = m[:, 0] + t * np.log(np.exp((s - m) / t).mean(1))
     return out
 
 
 def evaluate(emb: dict, names: list[str], num_pilots: int, rule: str, centre: bool) -> dict:
+    from expertmesh.compose.selector import PilotIndex
     from expertmesh.expert.signature import pilot_embeddings
 
     pilots = [pilot_embeddings(emb["train"][d], num_pilots, 0) if num_pilots else emb["train"][d] for d in names]
@@ -77,11 +71,13 @@ def evaluate(emb: dict, names: list[str], num_pilots: int, rule: str, centre: bo
         return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-9)
 
     Pn = norm(P)
+    index = None if rule == "lse" else PilotIndex(Pn, owner, len(names), rule=rule)   # the serving rules
     top1, top3 = [], []
     for i, d in enumerate(names):
         if d not in emb["heldout"]:
             continue
-        sc = member_scores(norm(emb["heldout"][d].astype(np.float64)) @ Pn.T, owner, len(names), rule)
+        q = norm(emb["heldout"][d].astype(np.float64))
+        sc = lse_scores(q @ Pn.T, owner, len(names)) if rule == "lse" else index.scores(q)
         rank = np.argsort(-sc, axis=1, kind="stable")
         top1.append(float(np.mean(rank[:, 0] == i)))
         top3.append(float(np.mean((rank[:, :3] == i).any(1))))
@@ -111,7 +107,7 @@ def main() -> None:
     rows = []
     for k in [int(x) for x in args.pilots.split(",")]:
         for centre in (False, True):
-            for rule in ("mean", "max", "top3", "lse"):
+            for rule in ("mean", "max", "top3", "lse"):      # PilotIndex's rules, plus a log-sum-exp
                 rows.append(evaluate(emb, names, k, rule, centre))
                 print(json.dumps(rows[-1]), flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
