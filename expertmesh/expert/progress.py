@@ -18,15 +18,16 @@ class ProgressLine:
         self.out, self.tty, self.every_s = out, tty, every_s
         self._t0: float | None = None
         self._first = 0
-        self._last_report = 0.0
+        self._last_report: float | None = None      # None: nothing written yet, so the first report goes out
 
     def __call__(self, step: int, loss: float) -> None:
         now = time.monotonic()
         if self._t0 is None:
             self._t0, self._first = now, step
         done = step + 1
-        if done < self.total and not self.tty and now - self._last_report < self.every_s:
-            return                      # a log file gets a line every few seconds, and always the last one
+        if (done < self.total and not self.tty and self._last_report is not None
+                and now - self._last_report < self.every_s):
+            return      # a log file gets the first line, then one every few seconds, and always the last one
         self._last_report = now
         self.out.write(("\r" if self.tty else "") + self.line(done, loss, now) + ("" if self.tty else "\n"))
         if self.tty and done >= self.total:
