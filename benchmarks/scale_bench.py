@@ -46,6 +46,8 @@ def _args():
     ap.add_argument("--fed-rounds", type=int, default=2)
     ap.add_argument("--fed-local-steps", type=int, default=4, help="federated: router steps per owner per round")
     ap.add_argument("--fed-lr", type=float, default=1e-2)
+    ap.add_argument("--fed-server-lr", type=float, default=None,
+                    help="federated: server step on the mean update (default: the number of owners; 1 = FedAvg)")
     ap.add_argument("--fed-eval-blocks", type=int, default=4, help="federated: held-out blocks per domain")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -198,7 +200,8 @@ def run_fed(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], dict
     dirs, _ = q.train_all(train_configs(args, corpora, order, base_spec, work), base, work / "experts", log)
     res = f.run_federated(base, base_spec, dirs, {d: corpora[d] for d in order}, work / f"federated-n{args.fed_n}",
                           rounds=args.fed_rounds, local_steps=args.fed_local_steps, batch_size=args.batch_size,
-                          seq_len=args.seq_len, lr=args.fed_lr, eval_blocks=args.fed_eval_blocks, log=log)
+                          seq_len=args.seq_len, lr=args.fed_lr, eval_blocks=args.fed_eval_blocks, log=log,
+                          server_lr=args.fed_server_lr if args.fed_server_lr is not None else float(len(dirs)))
     return [], res
 
 

@@ -3,7 +3,8 @@
 Each of the N owners holds one fine domain's training split and the same domain composition of the N experts.
   untuned     the domain composition as built (owners' rows, no joint training)
   federated   Flower simulation (router_training.simulate): R rounds, every owner tunes L local steps on its
-              own data only, FedAvg over router rows + bias
+              own data only, FedAvg over router rows + bias, then a server step of server_lr on the mean update
+              (server_lr = N by default: the mean of N one-domain updates moves ~1/N as far as N*L sequential steps)
   central     the same kind trained on the pooled data with the same total step budget (R * N * L steps),
               the upper bound
 Loss is held-out next-token loss per domain (mean over the N domains); gain = untuned - tuned, and the figure
@@ -28,7 +29,7 @@ def link_members(dirs: dict[str, Path], root: Path) -> Path:
 
 def run_federated(base, base_spec: str | None, dirs: dict[str, Path], corpora: dict[str, Path], work: Path, *,
                   rounds: int, local_steps: int, batch_size: int, seq_len: int, lr: float, eval_blocks: int,
-                  log) -> dict:
+                  log, server_lr: float = 1.0) -> dict:
     from expertmesh.compose.build import build_composition
     from router_training.central import evaluate_composition_domains, train_central
     from router_training.client_app import OwnerSetup
@@ -49,7 +50,8 @@ def run_federated(base, base_spec: str | None, dirs: dict[str, Path], corpora: d
                                             max_blocks=eval_blocks)
 
     out: dict = {"owners": n, "rounds": rounds, "local_steps": local_steps, "batch_size": batch_size,
-                 "seq_len": seq_len, "lr": lr, "eval_blocks": eval_blocks, "phase_seconds": {}}
+                 "seq_len": seq_len, "lr": lr, "eval_blocks": eval_blocks, "server_lr": server_lr,
+                 "phase_seconds": {}}
     t0 = time.perf_counter()
     out["untuned"] = evaluate(comp)
     out["phase_seconds"]["untuned_eval"] = round(time.perf_counter() - t0, 1)
@@ -58,7 +60,8 @@ def run_federated(base, base_spec: str | None, dirs: dict[str, Path], corpora: d
     t0 = time.perf_counter()
     owners = [OwnerSetup(str(comp), str(experts), data[d], base=base_spec, owner=d) for d in names]
     setup = ServerSetup(str(comp), str(experts), str(work / "federated"), base=base_spec, train=tune,
-                        federation={"rounds": rounds, "min_clients": n, "min_available": n, "round_timeout": 3600})
+                        federation={"rounds": rounds, "min_clients": n, "min_available": n, "round_timeout": 3600,
+                                    "server_lr": server_lr})
     hist = simulate(setup, owners, cpus_per_client=2, total_cpus=2)
     out["phase_seconds"]["federated_train"] = round(time.perf_counter() - t0, 1)
     out["federated_train_tokens"] = sum(v["num-examples"] for r in hist["rounds"] for v in r["train"].values())

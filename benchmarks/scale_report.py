@@ -81,7 +81,8 @@ def federated_target(f: dict | None) -> str:
     ratio = f.get("gain_ratio")
     verdict = "no central gain to recover" if ratio is None else ("met" if ratio >= 0.9 else "MISSED")
     return (f"{head}: {ratio} — {verdict}. N={f['owners']} owners, {f['rounds']} Flower rounds x "
-            f"{f['local_steps']} local steps each (batch {f['batch_size']} x {f['seq_len']}), central "
+            f"{f['local_steps']} local steps each (batch {f['batch_size']} x {f['seq_len']}), server step "
+            f"{f.get('server_lr', 1.0)} x the mean update (1 = FedAvg), central "
             f"{f['central_steps']} steps on the pooled data; mean held-out loss ({f['eval_blocks']} blocks per "
             f"domain) untuned {f['untuned']['mean']}, federated {f['federated']['mean']}, central "
             f"{f['central']['mean']}: gains {f['federated_gain_nats']} and {f['central_gain_nats']} nats. "

@@ -20,9 +20,10 @@ def _owners(composition, experts, clients, base):
     return [OwnerSetup(composition=composition, experts=experts, data=p, base=base) for p in paths]
 
 
-def _federation(rounds, min_clients, fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, n_owners):
+def _federation(rounds, min_clients, fraction, round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon,
+                n_owners):
     return {"rounds": rounds, "min_clients": min(min_clients, n_owners), "min_available": n_owners,
-            "fraction": fraction, "round_timeout": round_timeout,
+            "fraction": fraction, "round_timeout": round_timeout, "server_lr": server_lr,
             "dp": {"mode": dp, "clipping_norm": dp_clip, "noise_multiplier": dp_noise, "epsilon": dp_epsilon}}
 
 
@@ -42,6 +43,9 @@ _fed_options = [
     click.option("--fraction", default=1.0, show_default=True, type=float, help="Owners sampled per round."),
     click.option("--round-timeout", default=900.0, show_default=True, type=float,
                  help="Seconds to wait for replies; silent owners are left out."),
+    click.option("--server-lr", default=1.0, show_default=True, type=float,
+                 help="Server step on the mean update (FedAvgM, no momentum); 1 = FedAvg. Owners with one domain "
+                      "each: try the number of owners."),
     click.option("--dp", default="none", show_default=True, type=click.Choice(["none", "central", "local"]),
                  help="Client-side DP on updates (Flower fixedclipping_mod / LocalDpMod)."),
     click.option("--dp-clip", default=1.0, show_default=True, type=float, help="L2 clipping norm of an update."),
@@ -80,7 +84,8 @@ def _report_secure(history: dict) -> None:
 
 
 def _run(kind, composition, experts, base, out, name, train, kind_options, central, clients, rounds, min_clients,
-         fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry=None, seed=0, secagg=None):
+         fraction, round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry=None, seed=0,
+         secagg=None):
     owners = _owners(composition, experts, clients, base)
     if central and secagg is not None:
         from expertmesh.errors import ConfigError
@@ -101,8 +106,8 @@ def _run(kind, composition, experts, base, out, name, train, kind_options, centr
 
     setup = ServerSetup(composition=composition, experts=experts, out=out, base=base, kind=kind,
                         kind_options=kind_options, train=train, name=name, registry=registry, seed=seed,
-                        federation=_federation(rounds, min_clients, fraction, round_timeout, dp, dp_clip, dp_noise,
-                                               dp_epsilon, len(owners)))
+                        federation=_federation(rounds, min_clients, fraction, round_timeout, server_lr, dp, dp_clip,
+                                               dp_noise, dp_epsilon, len(owners)))
     if secagg is not None:
         from router_training.secagg import tune_secure, tuning_config
 
@@ -139,8 +144,8 @@ def federate() -> None:
 @click.option("--secagg-threshold", default=0.5, show_default=True, type=float,
               help="SecAgg+ reconstruction threshold: share of an owner's neighbours needed to unmask; lower "
                    "tolerates more dropped owners.")
-def tune(composition, experts, out, base, name, clients, rounds, min_clients, fraction, round_timeout, dp, dp_clip,
-         dp_noise, dp_epsilon, cpus, steps, batch_size, seq_len, lr, no_bias, central, registry, seed,
+def tune(composition, experts, out, base, name, clients, rounds, min_clients, fraction, round_timeout, server_lr, dp,
+         dp_clip, dp_noise, dp_epsilon, cpus, steps, batch_size, seq_len, lr, no_bias, central, registry, seed,
          secure_aggregation, secagg_threshold) -> None:
     """Federated router tuning: FedAvg over the rows (and bias) each owner tunes on its own data.
 
@@ -154,7 +159,7 @@ def tune(composition, experts, out, base, name, clients, rounds, min_clients, fr
     # a SecAgg+ stage waits at most --round-timeout seconds for the owners' replies, as a plain round does
     secagg = {"reconstruction_threshold": secagg_threshold, "timeout": round_timeout} if secure_aggregation else None
     _run("router", composition, experts, base, out, name, train, {}, central, clients, rounds, min_clients,
-         fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed, secagg)
+         fraction, round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed, secagg)
 
 
 @federate.command("mot-train")
@@ -176,9 +181,9 @@ def tune(composition, experts, out, base, name, clients, rounds, min_clients, fr
 @click.option("--central", is_flag=True, help="Train on the pooled corpora (coordinator may use them), same budget.")
 @click.option("--registry", default=None, help="Publish the MoT composition to this registry URL.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def mot_train(composition, experts, out, base, name, clients, rounds, min_clients, fraction, round_timeout, dp,
-              dp_clip, dp_noise, dp_epsilon, cpus, top_k, interaction_layers, latent_dim, heads, select_tokens, streams,
-              steps, batch_size, seq_len, lr, central, registry, seed) -> None:
+def mot_train(composition, experts, out, base, name, clients, rounds, min_clients, fraction, round_timeout, server_lr,
+              dp, dp_clip, dp_noise, dp_epsilon, cpus, top_k, interaction_layers, latent_dim, heads, select_tokens,
+              streams, steps, batch_size, seq_len, lr, central, registry, seed) -> None:
     """Train Mixture-of-Thoughts (selector + interaction layers; experts and base frozen), federated or central.
 
     Example: expertmesh federate mot-train --composition comps/clinic --experts experts --clients corpora/law,corpora/code --central --steps 10 --out runs/mot
@@ -187,7 +192,7 @@ def mot_train(composition, experts, out, base, name, clients, rounds, min_client
             "select_tokens": select_tokens, "streams": streams}
     train = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed}
     _run("mot", composition, experts, base, out, name, train, arch, central, clients, rounds, min_clients,
-         fraction, round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed)
+         fraction, round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed)
 
 
 @federate.command("fedavg-lora")
@@ -202,8 +207,9 @@ def mot_train(composition, experts, out, base, name, clients, rounds, min_client
 @click.option("--central", is_flag=True, help="Train one LoRA on the pooled corpora instead (same budget).")
 @click.option("--registry", default=None, help="Publish the expert package to this registry URL.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def fedavg_lora(out, base, name, clients, rounds, min_clients, fraction, round_timeout, dp, dp_clip, dp_noise,
-                dp_epsilon, cpus, rank, alpha, targets, steps, batch_size, seq_len, lr, central, registry, seed) -> None:
+def fedavg_lora(out, base, name, clients, rounds, min_clients, fraction, round_timeout, server_lr, dp, dp_clip,
+                dp_noise, dp_epsilon, cpus, rank, alpha, targets, steps, batch_size, seq_len, lr, central, registry,
+                seed) -> None:
     """Baseline: one LoRA trained by plain FedAvg across all owners (FlowerTune-style); writes an expert package.
 
     Example: expertmesh federate fedavg-lora --clients corpora/law,corpora/medicine,corpora/code --rounds 4 --steps 6 --out runs/fedlora
@@ -212,7 +218,7 @@ def fedavg_lora(out, base, name, clients, rounds, min_clients, fraction, round_t
             **({"target_modules": list(targets)} if targets else {})}
     train = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed}
     _run("lora", None, None, base, out, name, train, lora, central, clients, rounds, min_clients, fraction,
-         round_timeout, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed)
+         round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed)
 
 
 @federate.command("eval")

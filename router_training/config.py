@@ -90,6 +90,10 @@ class FederationConfig:
     min_clients: int = 2           # a round aggregates if at least this many owners answered
     min_available: int = 2         # wait until this many owners are connected before round 1
     round_timeout: float = 900.0   # seconds to wait for replies; late or silent owners are left out
+    # Server step on the mean update (FedAvgM's server learning rate, no momentum): 1 = plain FedAvg. Owners who
+    # each hold one domain pull the rows in different directions, and the mean of N such updates moves the model
+    # about 1/N as far as the same N*L steps run one after another; server_lr = N restores that distance.
+    server_lr: float = 1.0
     dp: DPConfig = dataclasses.field(default_factory=DPConfig)
 
     def __post_init__(self) -> None:
@@ -100,6 +104,7 @@ class FederationConfig:
         check_int("min_clients", self.min_clients, lo=1)
         check_int("min_available", self.min_available, lo=1)
         check_float("round_timeout", self.round_timeout, lo=0.0, lo_open=True)
+        check_float("server_lr", self.server_lr, lo=0.0, lo_open=True, hi=1000.0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

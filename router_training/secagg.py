@@ -259,6 +259,9 @@ def check_secure_federation(num_owners: int, federation) -> None:
     if federation.dp.mode != "none":
         raise ConfigError(f"secure aggregation does not run with DP (dp mode {federation.dp.mode!r}): tune_secure "
                           "adds no clipping or noise; drop one of the two")
+    if federation.server_lr != 1.0:
+        raise ConfigError(f"secure aggregation runs plain FedAvg (server_lr 1.0), got server_lr="
+                          f"{federation.server_lr}; drop --server-lr or --secure-aggregation")
     if federation.fraction != 1.0:
         raise ConfigError(f"secure aggregation samples every owner each round (fraction 1.0), got "
                           f"fraction={federation.fraction}")

@@ -29,7 +29,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvgM, Strategy
 from flwr.supercore import log
 
 from expertmesh.errors import ConfigError, ExpertMeshError
@@ -183,8 +183,10 @@ def run_server(grid: Grid, setup: ServerSetup) -> dict:
     model, digest = loaded.model, loaded.version
     nodes = _wait_for_nodes(grid, fed.min_available, fed.round_timeout)
     sampled = max(int(len(nodes) * fed.fraction), fed.min_clients)
-    inner = FedAvg(fraction_train=fed.fraction, fraction_evaluate=fed.fraction, min_train_nodes=fed.min_clients,
-                   min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_available)
+    # FedAvgM with no momentum is FedAvg followed by a server step of server_lr on the mean update (1 = FedAvg)
+    inner = FedAvgM(fraction_train=fed.fraction, fraction_evaluate=fed.fraction, min_train_nodes=fed.min_clients,
+                    min_evaluate_nodes=fed.min_clients, min_available_nodes=fed.min_available,
+                    server_learning_rate=fed.server_lr)
     strategy = RoundRecorder(dp_lib.wrap_strategy(inner, fed.dp, sampled), fed.min_clients)
     common = {"kind": setup.kind, "kind-options": json.dumps(setup.kind_options),
               "train-config": json.dumps(setup.train), "composition-digest": digest, "seed": setup.seed}

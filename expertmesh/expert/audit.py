@@ -17,9 +17,11 @@ the registry pins, so the figures travel with the expert and cannot be edited wi
 Member blocks are the corpus' training documents packed exactly as training packed them (planted canaries
 aside, which only move block boundaries); non-members are its held-out documents (split by whole document).
 
-Budget at the defaults (SmolLM2-135M, 2 cores, bf16): scoring 2 x 2 x 48 blocks x 256 tokens = 49k tokens at
-~600 tok/s ~ 80 s; greedy decoding 2 x 32 x 64 tokens at ~80 tok/s in batches of 8 ~ 50 s; canaries
-2 x (500 + K) x ~16 tokens ~ 16k tokens ~ 30 s. Tiny CPU variant: see tests/expert/test_audit.py.
+Budget at the defaults (SmolLM2-135M, 2 cores, fp32, an expert trained at seq_len 128): scoring
+2 models x 2 sides x 48 blocks x 128 tokens = 49k tokens at ~460 tok/s ~ 105 s; greedy decoding 2 x 32 windows x
+64 tokens in one batch of 32 (decode is overhead-bound, so one wide batch runs ~3x the tokens/s of batches of 8);
+canaries 2 x (500 + K) x ~20 tokens, with logits (the 49k-wide head) only at the secret's positions. Tiny CPU
+variant: see tests/expert/test_audit.py.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ class AuditConfig:
     mia_blocks: int = 48              # per side (members, non-members)
     min_mia_blocks: int = 16          # fewer per side gives an AUC too noisy to mean anything: refuse
     canary_candidates: int = 500
-    batch_size: int = 8
+    batch_size: int = 8               # blocks per scoring forward
+    generation_batch_size: int = 32   # windows per greedy decode
     seed: int = 0
     precision: str = "auto"           # auto | bf16 | fp32
 
@@ -63,6 +66,7 @@ class AuditConfig:
         check_int("mia_blocks", self.mia_blocks, lo=self.min_mia_blocks, hi=100_000)
         check_int("canary_candidates", self.canary_candidates, lo=10, hi=1_000_000)
         check_int("batch_size", self.batch_size, lo=1, hi=4096)
+        check_int("generation_batch_size", self.generation_batch_size, lo=1, hi=4096)
         check_int("seed", self.seed, lo=0)
         check_choice("precision", self.precision, ["auto", "bf16", "fp32"])
 
@@ -79,9 +83,11 @@ def block_losses(forward, blocks: torch.Tensor, batch_size: int) -> torch.Tensor
     with torch.inference_mode():
         for i in range(0, len(blocks), batch_size):
             ids = blocks[i:i + batch_size]
-            logits = forward(ids).float()
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-            out.append(loss.mean(1))
+            logits = forward(ids)[:, :-1].float()
+            # [B*T, V] rows: cross_entropy over a transposed [B, V, T] view ran ~5x slower
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                     reduction="none")
+            out.append(loss.view(len(ids), -1).mean(1))
     return torch.cat(out)
 
 
@@ -105,8 +111,8 @@ def extraction_rate(generate, windows: torch.Tensor, cfg: AuditConfig) -> tuple[
     """(share of windows reproduced for >= match_tokens leading tokens, mean leading match length)."""
     hits, lengths = 0, []
     p = cfg.prefix_tokens
-    for i in range(0, len(windows), cfg.batch_size):
-        w = windows[i:i + cfg.batch_size]
+    for i in range(0, len(windows), cfg.generation_batch_size):
+        w = windows[i:i + cfg.generation_batch_size]
         gen = generate(w[:, :p])[:, p:p + cfg.continuation_tokens]
         truth = w[:, p:p + gen.shape[1]]
         same = (gen == truth).long()
@@ -179,7 +185,9 @@ def audit_expert(expert_dir: str | Path, data: str | Path, *, heldout: str | Pat
     model = ComposedModel(b.model, [expert])
     none = torch.zeros(1, dtype=torch.bool)
     eos = tok.eos_token_id
-    fwd = {"base": lambda ids: model(ids, allowed=none).logits, "expert": lambda ids: model(ids).logits}
+    # forward(ids, keep): logits of the last ``keep`` positions (0 = all); the canaries need only the secret's
+    fwd = {"base": lambda ids, keep=0: model(ids, allowed=none, logits_to_keep=keep).logits,
+           "expert": lambda ids, keep=0: model(ids, logits_to_keep=keep).logits}
 
     def gen(allowed):
         return lambda ids: model.generate(ids, attention_mask=torch.ones_like(ids), allowed=allowed,

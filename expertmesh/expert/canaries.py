@@ -99,18 +99,22 @@ def load_canaries(path: str | Path) -> CanarySet:
 
 
 def secret_log_perplexities(forward, tokenizer, secrets: list[str], *, batch_size: int = 32) -> torch.Tensor:
-    """-sum log p(secret tokens | PREFIX) in bits, one per secret (all secrets have the same token count)."""
+    """-sum log p(secret tokens | PREFIX) in bits, one per secret (all secrets have the same token count).
+
+    ``forward(ids, keep)`` returns the logits of the last ``keep`` positions: the n secret tokens are predicted
+    from the last n+1 positions but one, so only those pass through the vocabulary-wide output layer."""
     prefix = tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
     rows = [prefix + tokenizer(s, add_special_tokens=False)["input_ids"] for s in secrets]
     if len({len(r) for r in rows}) != 1:
         raise DataError("canary secrets tokenise to different lengths; use single-token digits")
     ids = torch.tensor(rows, dtype=torch.long)
+    n = ids.shape[1] - len(prefix)                      # secret tokens per row
     out = []
     with torch.inference_mode():
         for i in range(0, len(ids), batch_size):
             x = ids[i:i + batch_size]
-            logp = torch.log_softmax(forward(x).float()[:, :-1], -1)
-            tok = logp.gather(-1, x[:, 1:, None])[..., 0][:, len(prefix) - 1:]
+            logp = torch.log_softmax(forward(x, n + 1)[:, -(n + 1):-1].float(), -1)
+            tok = logp.gather(-1, x[:, -n:, None])[..., 0]
             out.append(-tok.sum(1) / math.log(2))
     return torch.cat(out)
 

@@ -245,10 +245,12 @@ class ComposedModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, *, allowed: torch.Tensor | None = None,
-                fixed_weights: torch.Tensor | None = None, trace: bool = False):
+                fixed_weights: torch.Tensor | None = None, trace: bool = False, logits_to_keep: int = 0):
+        """``logits_to_keep`` k > 0: logits of the last k positions only (the output layer is vocabulary-wide)."""
+        extra = {"logits_to_keep": logits_to_keep} if logits_to_keep else {}
         with self.routing(input_ids.shape[0], allowed=allowed, fixed_weights=fixed_weights,
                           attention_mask=attention_mask, trace=trace):
-            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **extra)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,

@@ -1,5 +1,6 @@
 """The owner-side leakage audit, canaries and DP-SGD training, on the tiny config-built base."""
 import json
+import math
 import random
 
 import pytest
@@ -67,6 +68,32 @@ def test_canaries_are_seeded_inserted_and_saved_beside_the_package(canary_expert
     manifest = verify_package(canary_expert)
     assert manifest.training["canaries"] == {"count": 2, "repeats": 20, "sha256": saved.digest()}
     assert not any("secret" in p.name for p in canary_expert.iterdir())   # the secrets never enter the package
+
+
+def test_scoring_only_the_secret_positions_equals_the_full_logits(canary_expert, tiny_base_dir):
+    """The audit's shortcuts (logits of the secret's positions only; [B*T, V] cross-entropy rows) change no figure."""
+    from expertmesh.base import load_base
+    from expertmesh.expert.audit import block_losses
+    from expertmesh.expert.canaries import PREFIX, secret_log_perplexities
+    from expertmesh.mixture.lora_io import load_expert
+    from expertmesh.mixture.model import ComposedModel
+
+    base = load_base(str(tiny_base_dir))
+    model = ComposedModel(base.model, [load_expert(canary_expert)])
+    tok, secrets = base.tokenizer, load_canaries(canary_path(canary_expert)).secrets + ["1 2 3 4 5 6 7 8 9"]
+    fast = secret_log_perplexities(lambda ids, keep=0: model(ids, logits_to_keep=keep).logits, tok, secrets)
+    n_prefix = len(tok(PREFIX, add_special_tokens=False)["input_ids"])
+    ids = torch.tensor([tok(PREFIX + s, add_special_tokens=False)["input_ids"] for s in secrets])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(ids).logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        blocks = torch.randint(0, tok.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
+        logits = model(blocks).logits.float()
+    reference = -logp[:, n_prefix - 1:].sum(1) / math.log(2)
+    assert torch.allclose(fast, reference, atol=1e-4), (fast, reference)
+    per_block = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), blocks[:, 1:],
+                                                  reduction="none").mean(1)
+    assert torch.allclose(block_losses(lambda x: model(x).logits, blocks, 2), per_block, atol=1e-5)
+    model.close()
 
 
 def test_audit_reports_base_and_expert_and_travels_in_the_manifest(canary_expert, audit_corpus, tiny_base_dir):

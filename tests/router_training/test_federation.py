@@ -118,6 +118,29 @@ def test_mot_federated_through_the_same_apps(tmp_path, rt_composition, rt_expert
     rt.close()
 
 
+@pytest.mark.slow                     # two Flower simulations (~40 s idle); CI runs it in its slow step
+def test_server_lr_scales_the_mean_update(tmp_path, rt_composition, rt_experts, tiny_base_dir, tiny_corpora):
+    """server_lr s: new rows = old + s * (FedAvg mean - old); one round each, the owners' updates are the same."""
+    from router_training.kinds import load_runtime
+
+    def rows_after(tag: str, **fed):
+        h = _run(tmp_path / tag, rt_composition, rt_experts, tiny_base_dir,
+                 _owners(rt_composition, rt_experts, tiny_base_dir, tiny_corpora), rounds=1, **fed)
+        rt = load_runtime(h["output"]["composition"], rt_experts, str(tiny_base_dir))
+        rows = rt.model.router.expert_rows.detach().clone()
+        rt.close()
+        return rows, h
+
+    rt = load_runtime(rt_composition, rt_experts, str(tiny_base_dir))
+    old = rt.model.router.expert_rows.detach().clone()
+    rt.close()
+    fedavg, _ = rows_after("fedavg")
+    doubled, history = rows_after("doubled", server_lr=2.0)
+    assert history["setup"]["federation"]["server_lr"] == 2.0
+    assert (fedavg - old).abs().max() > 1e-4                      # the round moved the rows
+    assert (doubled - old).sub(2 * (fedavg - old)).abs().max() < 1e-4
+
+
 def test_owner_node_config_needs_data():
     with pytest.raises(ExpertMeshError, match="node config lacks data"):
         OwnerSetup.from_node_config({"composition": "c"})

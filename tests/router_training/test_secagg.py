@@ -71,6 +71,7 @@ def test_fewer_than_three_owners_are_refused():
     (["--dp", "local"], "does not run with DP"),
     (["--central"], "drop --central or --secure-aggregation"),
     (["--fraction", "0.5"], "samples every owner each round"),
+    (["--server-lr", "3"], "runs plain FedAvg (server_lr 1.0)"),
     (["--secagg-threshold", "0"], "reconstruction_threshold"),
 ])
 def test_secure_aggregation_refuses_what_it_cannot_combine_with(tmp_path, extra, message):
