@@ -38,6 +38,9 @@ def _args():
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--rank", type=int, default=16, help="LoRA rank of every expert (DP's noise grows with the "
+                    "number of trained values, so DP experts do better with fewer)")
+    ap.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj"])
     ap.add_argument("--canaries", type=int, default=4)
     ap.add_argument("--canary-repeats", type=int, default=8)
     ap.add_argument("--dp-delta", type=float, default=1e-5)
@@ -55,6 +58,9 @@ def _args():
     ap.add_argument("--skip-secagg", action="store_true")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md and results.json alone")
+    ap.add_argument("--section", default="privacy-bench",
+                    help="BENCHMARKS.md section this run rewrites (another name adds a section beside the default)")
+    ap.add_argument("--title", default="What leaves an owner", help="heading of that section")
     return ap.parse_args()
 
 
@@ -102,13 +108,13 @@ def main() -> None:
         base_spec = str(make_tiny_base(work / "tiny-base"))
         args.train_blocks, args.heldout_blocks, args.steps, args.seq_len = 24, 24, 4, 32
         args.extraction_samples, args.mia_blocks, args.canary_candidates = 8, 16, 20
+        args.rank, args.targets = 4, ["q_proj", "v_proj"]
     base = load_base(base_spec)
     cache = {}
     for f in sorted(work.glob("partial-*.json")):   # one file per (domain, model): processes may run side by side
         cache.update({k: v for k, v in json.loads(f.read_text()).items() if k.split("/")[0] in args.domains})
     t_start = time.time()
-    lora = LoraSpec(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]) if not args.tiny \
-        else LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    lora = LoraSpec(r=args.rank, alpha=2.0 * args.rank, target_modules=list(args.targets))
     audit_cfg = AuditConfig(extraction_samples=args.extraction_samples, mia_blocks=args.mia_blocks,
                             canary_candidates=args.canary_candidates, **({"prefix_tokens": 4, "continuation_tokens": 8,
                                                                          "match_tokens": 6} if args.tiny else {}))
@@ -186,7 +192,8 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     from benchmarks.mesh.markdown import replace_section
 
-    replace_section(ROOT / "BENCHMARKS.md", "privacy-bench", _markdown(result, " ".join(sys.argv[1:])))
+    replace_section(ROOT / "BENCHMARKS.md", args.section, _markdown(result, " ".join(sys.argv[1:]), args.title,
+                                                                    Path(args.out)))
 
 
 def _secagg_costs(work: Path, base, args) -> dict:
@@ -236,14 +243,15 @@ def _gain_kept(rows: list[dict]) -> dict:
     return out
 
 
-def _markdown(res: dict, argv: str) -> str:
+def _markdown(res: dict, argv: str, title: str, out: Path) -> str:
     s = res["settings"]
     fmt = lambda v, p=4: "–" if v is None else (v if isinstance(v, str) else f"{v:.{p}f}")  # noqa: E731
-    lines = ["## What leaves an owner", "",
+    lines = [f"## {title}", "",
              f"`python benchmarks/privacy_bench.py {argv}`".replace(" `", "`"), "",
              f"SmolLM2-135M base; per domain a training set of {s['train_blocks']} blocks x {s['seq_len']} tokens "
              f"(whole documents of the real corpus) plus {s['canaries']} canaries x {s['canary_repeats']} insertions; "
-             f"LoRA r=16 q,k,v,o, {s['steps']} steps x batch {s['batch_size']} (DP: Poisson batches of expected "
+             f"LoRA r={s.get('rank', 16)} "
+             f"{','.join(t.removesuffix('_proj') for t in s.get('targets', ['q', 'k', 'v', 'o']))}, {s['steps']} steps x batch {s['batch_size']} (DP: Poisson batches of expected "
              f"size {s['batch_size']}), lr {s['lr']}; DP-SGD with per-sample clipping C={s['dp_clip']}, "
              f"delta={s['dp_delta']}, epsilon from Opacus' RDP accountant. Audit: {s['extraction_samples']} "
              f"extraction windows (32-token prefix, 64 greedy tokens, hit = >= 50 leading tokens verbatim), "
@@ -278,7 +286,7 @@ def _markdown(res: dict, argv: str) -> str:
               f"Train + audit time summed over the experts {res['expert_seconds'] / 60:.1f} min (one thread each, "
               f"nice 10; per row in results.json); load average at the collect step "
               f"{', '.join(f'{x:.1f}' for x in res['load_avg_end'])} (2 cores, shared). Raw rows: "
-              "benchmarks/privacy-bench/results.json."]
+              f"{out.relative_to(ROOT) if out.is_absolute() and out.is_relative_to(ROOT) else out}."]
     return "\n".join(lines)
 
 
