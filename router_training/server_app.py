@@ -70,6 +70,7 @@ class ServerSetup:
                                min_clients=int(rc.get("min-clients", 2)),
                                min_available=int(rc.get("min-available", 2)),
                                round_timeout=float(rc.get("round-timeout", 900.0)),
+                               server_lr=float(rc.get("server-lr", 1.0)),
                                dp={"mode": str(rc.get("dp-mode", "none")),
                                    "clipping_norm": float(rc.get("dp-clip", 1.0)),
                                    "noise_multiplier": float(rc.get("dp-noise", 0.5)),
