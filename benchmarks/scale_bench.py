@@ -42,6 +42,7 @@ def _args():
     ap.add_argument("--n", default="4,16,64", help="quality: numbers of real (trained) experts")
     ap.add_argument("--routing-n", default="4,16,64", help="quality: N for routing accuracy from pilots alone")
     ap.add_argument("--cost-n", default="4,16,64,256,1024", help="cost: numbers of experts")
+    ap.add_argument("--cost-reps", type=int, default=1, help="cost: passes per N, order alternating; rows = medians")
     ap.add_argument("--fed-n", type=int, default=16, help="federated: owners (the first N experts of the order)")
     ap.add_argument("--fed-rounds", type=int, default=2)
     ap.add_argument("--fed-local-steps", type=int, default=4, help="federated: router steps per owner per round")
@@ -187,7 +188,7 @@ def run_cost(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], dic
     if not real:
         raise SystemExit("error: no cached real experts; run --part train or --part quality first")
     return c.run_cost(base_spec, real, ns, work / "cost", args.budget_mb, log,
-                      corpora={d: corpora[d] for d in order})
+                      corpora={d: corpora[d] for d in order}, reps=args.cost_reps)
 
 
 def run_fed(args, base, base_spec, corpora, uncovered) -> tuple[list[dict], dict]:
@@ -224,7 +225,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     torch.set_num_threads(args.threads or (1 if load0 > 0.75 * (os.cpu_count() or 1) else os.cpu_count() or 1))
     if args.tiny:
-        args.n, args.routing_n, args.cost_n = "2,3", "2,3", "2,3,8"
+        args.n, args.routing_n, args.cost_n, args.cost_reps = "2,3", "2,3", "2,3,8", 2
         args.steps, args.batch_size, args.seq_len = 2, 2, 32
         args.eval_blocks, args.passages, args.budget_mb = 1, 2, 0.05
         args.fed_n, args.fed_rounds, args.fed_local_steps, args.fed_eval_blocks = 3, 1, 2, 1

@@ -16,13 +16,18 @@ Members beyond the real experts are *derived*: the real package format, the adap
 real expert (same bytes), and their own signature (the source's router rows and pilots plus noise), so routing
 spreads over all N. Rows say real=false for any N that holds derived members.
 
-    python benchmarks/scale_cost.py --one 64 --dirs-file runs/scale/cost/dirs.json --work runs/scale/cost
+With ``reps`` > 1 every N runs ``reps`` times, the order of the Ns reversed on every other pass (4, 64, 64, 4,
+...), so a change in the shared machine's load falls on every N alike; a row holds the median of its passes, and
+details keep every pass.
+
+    python benchmarks/scale_cost.py --job runs/scale/cost/job-64.json --work runs/scale/cost
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import resource
 import subprocess
 import sys
@@ -138,36 +143,58 @@ def measure_one(n: int, dirs: dict[str, Path], prompts: list[str], work: Path, b
 
 
 def run_cost(base_spec: str | None, real: list[Path], ns: list[int], work: Path, budget_mb: float, log,
-             corpora: dict[str, Path] | None = None) -> tuple[list[dict], dict]:
-    """One subprocess per N (fresh peak RSS); rows in the results format plus details by N."""
+             corpora: dict[str, Path] | None = None, reps: int = 1) -> tuple[list[dict], dict]:
+    """One subprocess per N and pass (fresh peak RSS); rows in the results format plus details by N."""
     from expertmesh.corpora.records import load_texts
 
     work.mkdir(parents=True, exist_ok=True)
     prompts = [" ".join(load_texts(p, split="heldout")[0].split()[:48]) for p in list((corpora or {}).values())[:32]]
     prompts = prompts or ["the licensee shall not", "the patient was given", "def main(argv):"]
+    passes: dict[int, list[dict]] = {n: [] for n in ns}
+    for rep in range(reps):
+        for n in (ns if rep % 2 == 0 else ns[::-1]):
+            passes[n].append(_measure_in_subprocess(n, real, prompts, work, budget_mb, base_spec))
+            log(f"[scale] cost N={n} pass {rep + 1}/{reps}: {passes[n][-1]}")
     rows, by_n = [], {}
     for n in ns:
-        dirs = member_dirs(real, n, work / "derived")
-        spec = work / f"job-{n}.json"
-        spec.write_text(json.dumps({"n": n, "dirs": {k: str(v) for k, v in dirs.items()}, "prompts": prompts,
-                                    "budget_mb": budget_mb, "base": base_spec}))
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--job", str(spec), "--work", str(work)],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"cost run for N={n} failed:\n{out.stderr[-3000:]}")
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        res["real"] = n <= len(real)
-        res["subprocess_s"] = round(time.perf_counter() - t0, 1)
-        log(f"[scale] cost N={n}: {res}")
+        res = _median_pass(passes[n])
         by_n[str(n)] = res
         rows.append({k: res[k] for k in ("n_experts", "real", "tokens_per_s_b1", "tokens_per_s_b16", "peak_rss_mb",
                                          "build_s")})
     note = (f"Cost rows: retrieve composition (top-2 candidates, token gate top-2 among them), LoRA pool bounded "
-            f"at {budget_mb} MB, engine max_batch 16, 1 torch thread, {GEN_TOKENS} greedy tokens per request. "
-            f"Members beyond the {len(real)} real experts are derived (weights hard-linked from a real expert, "
-            f"perturbed signature): rows with real=false.")
-    return rows, {"by_n": by_n, "real_experts": len(real), "note": note}
+            f"at {budget_mb} MB, engine max_batch 16, 1 torch thread, {GEN_TOKENS} greedy tokens per request"
+            + (f"; median of {reps} passes per N, the order of the Ns reversed on every other pass" if reps > 1
+               else "") + f". Members beyond the {len(real)} real experts are derived (weights hard-linked from a "
+            "real expert, perturbed signature): rows with real=false.")
+    return rows, {"by_n": by_n, "real_experts": len(real), "reps": reps, "note": note}
+
+
+def _measure_in_subprocess(n: int, real: list[Path], prompts: list[str], work: Path, budget_mb: float,
+                           base_spec: str | None) -> dict:
+    dirs = member_dirs(real, n, work / "derived")
+    spec = work / f"job-{n}.json"
+    spec.write_text(json.dumps({"n": n, "dirs": {k: str(v) for k, v in dirs.items()}, "prompts": prompts,
+                                "budget_mb": budget_mb, "base": base_spec}))
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--job", str(spec), "--work", str(work)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"cost run for N={n} failed:\n{out.stderr[-3000:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["real"] = n <= len(real)
+    res["subprocess_s"] = round(time.perf_counter() - t0, 1)
+    res["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return res
+
+
+def _median_pass(results: list[dict]) -> dict:
+    """The pass with the median b16 throughput, its rates replaced by the medians over passes; every pass kept."""
+    if len(results) == 1:
+        return results[0]
+    mid = sorted(results, key=lambda r: r["tokens_per_s_b16"])[len(results) // 2]
+    return {**mid, **{k: round(statistics.median(r[k] for r in results), 2)
+                      for k in ("tokens_per_s_b1", "tokens_per_s_b16", "build_s", "load_s")},
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in results), "passes": results}
 
 
 def _job(spec_path: str, work: str) -> None:

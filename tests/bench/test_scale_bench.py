@@ -28,6 +28,10 @@ def test_tiny_scale_bench_writes_the_issue_format(tmp_path):
     assert results["rows"][-1]["real"] is False and results["rows"][-1]["tokens_per_s_b16"] > 0
     details = json.loads((out / "details.json").read_text())
     assert details["cost"]["by_n"]["8"]["resident_peak_mb"] <= details["cost"]["by_n"]["8"]["budget_mb"]
+    passes = details["cost"]["by_n"]["8"]["passes"]    # --tiny runs 2 passes per N; the row is their median
+    assert len(passes) == 2
+    assert results["rows"][-1]["tokens_per_s_b16"] == pytest.approx(
+        sum(p["tokens_per_s_b16"] for p in passes) / 2, abs=0.01)
     assert (out / "tokens_per_s_vs_n.png").is_file() and (out / "memory_vs_n.png").is_file()
     fed = details["federated"]                         # Flower simulation vs central tuning over the 3 owners
     assert fed["owners"] == 3 and fed["federated_train_tokens"] > 0 and fed["central_steps"] == 3 * 1 * 2
