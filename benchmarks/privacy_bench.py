@@ -283,8 +283,8 @@ def _markdown(res: dict, argv: str, title: str, out: Path) -> str:
                   f"{sa['settings']['quantization_range']} levels)."]
     lines += ["", "Share of the non-DP expert's held-out gain over the base that each DP expert keeps: "
               + (", ".join(f"{k} {v:.0%}" for k, v in sorted(res["gain_kept"].items())) or "–") + ".", "",
-              f"Train + audit time summed over the experts {res['expert_seconds'] / 60:.1f} min (one thread each, "
-              f"nice 10; per row in results.json); load average at the collect step "
+              f"Train + audit time summed over the experts {res['expert_seconds'] / 60:.1f} min "
+              f"({s.get('threads') or 'all'} torch thread(s); per row in the raw file); load average at the collect step "
               f"{', '.join(f'{x:.1f}' for x in res['load_avg_end'])} (2 cores, shared). Raw rows: "
               f"{out.relative_to(ROOT) if out.is_absolute() and out.is_relative_to(ROOT) else out}."]
     return "\n".join(lines)
