@@ -1,21 +1,13 @@
-"""Train or reuse experts of equal budget per domain, cached under <out>/experts keyed by
-TrainConfig digest + base fingerprint + a digest of the training data."""
+"""Train or reuse experts of equal budget per domain, cached under <out>/experts by the library's expert-cache
+key (expertmesh/expert/cache.py: config digest + base fingerprint + a digest of the training data)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
 from benchmarks.mesh.config import BenchConfig
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+from expertmesh.expert.cache import cache_key
 
 
 def lora_targets(cfg: BenchConfig) -> list[str]:
@@ -43,7 +35,7 @@ def get_expert(cfg: BenchConfig, base, base_spec: str | None, name: str, data: P
     from expertmesh.expert.train import train_expert
 
     probe = train_config(cfg, name, data, cache / "_probe", base_spec, steps)
-    key = f"{name}-{probe.digest()}-{base.fingerprint[:12]}-{_file_digest(Path(data) / 'train.jsonl')}"
+    key = cache_key(probe, base.fingerprint)
     out = cache / key
     rec = {"name": name, "key": key, "steps": steps,
            "tokens": steps * cfg.batch_size * cfg.seq_len}

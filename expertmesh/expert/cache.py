@@ -1,8 +1,9 @@
 """Trained experts cached by what determines their weights, so a benchmark rerun does not retrain.
 
-The key is ``<name>-<TrainConfig.digest()>-<base fingerprint[:12]>-<sha256 of the training file[:12]>``: the
-config digest covers every field that changes the weights (steps, batch, lr, seed, LoRA spec, data path ...),
-the fingerprint the base, the file digest the text. A package is written with ``atomic_directory`` (complete or
+The key is ``<name>-<config digest>-<base fingerprint[:12]>-<sha256 of the training file[:12]>``: the config
+digest covers every field that changes the weights (steps, batch, lr, seed, LoRA spec ...) but not how the data
+path is spelled (a relative and an absolute --work missed each other's entries), the fingerprint the base, the
+file digest the text. A package is written with ``atomic_directory`` (complete or
 absent), so an interrupted run leaves no half-written entry: the next run trains that expert again.
 
     from expertmesh.expert.cache import cached_train
@@ -35,7 +36,8 @@ def _train_file(data: str) -> Path:
 
 
 def cache_key(cfg, base_fingerprint: str) -> str:
-    return f"{cfg.name}-{cfg.digest()}-{base_fingerprint[:12]}-{_file_digest(_train_file(cfg.data))}"
+    return (f"{cfg.name}-{cfg.digest(with_paths=False)}-{base_fingerprint[:12]}-"
+            f"{_file_digest(_train_file(cfg.data))}")
 
 
 def cached_train(cfg, cache_dir: str | Path, *, base, progress: bool = False) -> tuple[Path, bool]:

@@ -79,11 +79,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def digest(self) -> str:
-        """What a checkpoint must agree with to be resumed (everything that changes the trained weights)."""
+    def digest(self, *, with_paths: bool = True) -> str:
+        """What a checkpoint must agree with to be resumed (everything that changes the trained weights).
+
+        ``with_paths=False`` leaves out the data and held-out paths, for keys that digest the training text
+        itself (expert/cache.py): the same file named ``runs/x`` or ``/work/runs/x`` is the same data."""
         d = self.to_dict()
         for k in ("out", "resume", "overwrite", "checkpoint_every", "eval_blocks", "description", "licence"):
             d.pop(k)
+        if not with_paths:
+            d.pop("data"), d.pop("heldout")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
