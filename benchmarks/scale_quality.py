@@ -50,11 +50,20 @@ def train_all(cfgs, base, cache: Path, log) -> tuple[dict[str, Path], dict]:
 
 
 def heldout_blocks(base, corpora: dict[str, Path], seq_len: int, n_blocks: int) -> dict[str, torch.Tensor]:
+    """Held-out blocks per domain; a domain whose held-out split is shorter than one block is left out (its
+    loss figures are not measured; routing still uses its passages)."""
     from expertmesh.corpora.records import load_texts
+    from expertmesh.errors import DataError
     from expertmesh.expert.blocks import pack_blocks
 
-    return {d: pack_blocks(base.tokenizer, load_texts(p, split="heldout"), seq_len, max_blocks=n_blocks,
-                           what=f"held-out {d}") for d, p in corpora.items()}
+    out = {}
+    for d, p in corpora.items():
+        try:
+            out[d] = pack_blocks(base.tokenizer, load_texts(p, split="heldout"), seq_len, max_blocks=n_blocks,
+                                 what=f"held-out {d}")
+        except DataError:
+            continue
+    return out
 
 
 def heldout_passages(corpora: dict[str, Path], per_domain: int) -> dict[str, list[str]]:
@@ -84,6 +93,8 @@ def routing_accuracy(rt, passages: dict[str, list[str]], covered: list[str]) -> 
     conf = np.zeros((len(covered), len(members)), dtype=np.int64)
     per = {}
     for i, d in enumerate(covered):
+        if not passages.get(d):                                       # a held-out split too short to cut one
+            continue
         s = rt._index.scores(rt.embed(passages[d]))                   # [P, N]
         order = np.argsort(-s, axis=1, kind="stable")
         own = members.index(d)
@@ -104,7 +115,8 @@ def evaluate_n(base, dirs: dict[str, Path], covered: list[str], uncovered: list[
 
     members = {d: dirs[d] for d in covered}
     experts = load_members(members, base.fingerprint)
-    out: dict = {"members": covered, "uncovered": uncovered, "per_domain": {}}
+    out: dict = {"members": covered, "uncovered": uncovered, "per_domain": {},
+                 "no_heldout_block": [d for d in covered + uncovered if d not in blocks]}
     for router in ("domain", "retrieve"):
         spec, tensors = build_composition(f"scale-{len(covered)}-{router}", members, router, base=base,
                                           pilot_score=pilot_score)
@@ -112,7 +124,7 @@ def evaluate_n(base, dirs: dict[str, Path], covered: list[str], uncovered: list[
         try:
             if router == "retrieve":
                 out["routing"], out["confusion"] = routing_accuracy(rt, passages, covered)
-            for d in covered + uncovered:
+            for d in (x for x in covered + uncovered if x in blocks):
                 row = out["per_domain"].setdefault(d, {})
                 row[router] = mean_loss(rt, blocks[d], {})
                 if router == "domain":
@@ -145,20 +157,22 @@ def _merge_loss(rt, blocks: torch.Tensor) -> float:
 
 
 def summarise(n: int, ev: dict) -> dict:
-    pd, covered = ev["per_domain"], ev["members"]
+    pd = ev["per_domain"]
+    covered = [d for d in ev["members"] if d in pd]          # members with at least one held-out block
     ratio = [math.exp(pd[d]["domain"] - pd[d]["oracle"]) for d in covered]
     ratio_r = [math.exp(pd[d]["retrieve"] - pd[d]["oracle"]) for d in covered]
     merge = [math.exp(pd[d]["domain"] - pd[d]["uniform_merge"]) for d in covered]
-    unc = {d: pd[d]["domain"] - pd[d]["base"] for d in ev["uncovered"]}
-    unc_r = {d: pd[d]["retrieve"] - pd[d]["base"] for d in ev["uncovered"]}
+    unc = {d: pd[d]["domain"] - pd[d]["base"] for d in ev["uncovered"] if d in pd}
+    unc_r = {d: pd[d]["retrieve"] - pd[d]["base"] for d in ev["uncovered"] if d in pd}
     routing = ev["routing"]
     return {
         "n_experts": n,
-        "routing_top1": round(float(np.mean([routing[d]["top1"] for d in covered])), 4),
-        "routing_top3": round(float(np.mean([routing[d]["top3"] for d in covered])), 4),
+        "routing_top1": round(float(np.mean([r["top1"] for r in routing.values()])), 4),
+        "routing_top3": round(float(np.mean([r["top3"] for r in routing.values()])), 4),
         "composed_over_oracle": round(float(np.mean(ratio)), 4),
         "uncovered_delta_nats": round(float(np.mean(list(unc.values()))), 4),
-        "details": {"retrieve_over_oracle": round(float(np.mean(ratio_r)), 4),
+        "details": {"no_heldout_block": ev.get("no_heldout_block", []),
+                    "retrieve_over_oracle": round(float(np.mean(ratio_r)), 4),
                     "composed_over_uniform_merge": round(float(np.mean(merge)), 4),
                     "oracle_over_base": round(float(np.mean([math.exp(pd[d]["oracle"] - pd[d]["base"])
                                                              for d in covered])), 4),

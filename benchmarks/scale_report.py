@@ -80,6 +80,8 @@ def federated_target(f: dict | None) -> str:
         return head + ": not run (`python benchmarks/scale_bench.py --part federated`)"
     ratio = f.get("gain_ratio")
     verdict = "no central gain to recover" if ratio is None else ("met" if ratio >= 0.9 else "MISSED")
+    if ratio is not None and f["owners"] < 16:
+        verdict = f"{verdict} at N={f['owners']}; N=16 not measured"
     return (f"{head}: {ratio} — {verdict}. N={f['owners']} owners, {f['rounds']} Flower rounds x "
             f"{f['local_steps']} local steps each (batch {f['batch_size']} x {f['seq_len']}), server step "
             f"{f.get('server_lr', 1.0)} x the mean update (1 = FedAvg), central "
