@@ -181,10 +181,13 @@ def render(results: dict, details: dict, rel: str, out: Path = Path(".")) -> str
         lines += [""] + routing_rules_lines(json.loads(rr_path.read_text()))
     if q.get("train"):
         tr = q["train"]
+        cold = details.get("cold_training")
         lines += ["", f"Bench cost: each expert's training loop took {tr.get('loop_seconds_per_expert')} s on "
                   f"average ({tr.get('loop_tokens_per_s_mean')} tok/s), plus its signature (mean hidden states, "
-                  "pilots); wall time per expert on the shared machine was 95-660 s (see the run log). Warm (all "
-                  f"experts cached) the quality part took {q.get('seconds')} s; cold adds the training."]
+                  "pilots)" + (f"; cold, training the {cold['experts']} experts took {cold['seconds']:,} s of wall "
+                               f"time in all ({cold['per_expert_s'][0]}-{cold['per_expert_s'][1]} s each, "
+                               f"{cold['note']})" if cold else "") +
+                  f". Warm (all experts cached) the quality part took {q.get('seconds')} s."]
     lines += ["", f"Results: [`results.json`]({rel}/results.json) (per-domain figures in "
               f"[`details.json`]({rel}/details.json)).", "",
               "| N | real | routing top-1 | top-3 | composed/oracle | uncovered Δ (nats) | tok/s b1 | tok/s b16 | "
