@@ -88,7 +88,9 @@ def federated_target(f: dict | None) -> str:
             f"{f['central_steps']} steps on the pooled data; mean held-out loss ({f['eval_blocks']} blocks per "
             f"domain) untuned {f['untuned']['mean']}, federated {f['federated']['mean']}, central "
             f"{f['central']['mean']}: gains {f['federated_gain_nats']} and {f['central_gain_nats']} nats. "
-            f"`{f.get('command')}`, load average {f.get('load_average_1min')}, {f.get('seconds')} s.")
+            f"`{f.get('command')}`, load average {f.get('load_average_1min')}, {f.get('seconds')} s."
+            + (f" Plain FedAvg (server step 1) on the same owners and budget: {b['gain_ratio']} ({b['date']}, "
+               f"`{b['command']}`)." if (b := f.get("fedavg_baseline")) else ""))
 
 
 def write_plots(results: dict, details: dict, out: Path) -> list[str]:
