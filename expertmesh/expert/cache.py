@@ -3,8 +3,8 @@
 The key is ``<name>-<config digest>-<base fingerprint[:12]>-<sha256 of the training file[:12]>``: the config
 digest covers every field that changes the weights (steps, batch, lr, seed, LoRA spec ...) but not how the data
 path is spelled (a relative and an absolute --work missed each other's entries), the fingerprint the base, the
-file digest the text. A package is written with ``atomic_directory`` (complete or
-absent), so an interrupted run leaves no half-written entry: the next run trains that expert again.
+file digest the text. A package is written with ``atomic_directory`` (complete or absent), so an interrupted run
+leaves no half-written entry: the next run trains that expert again.
 
     from expertmesh.expert.cache import cached_train
     path, hit = cached_train(cfg, "runs/experts", base=base)      # cfg.out is ignored: the cache decides
