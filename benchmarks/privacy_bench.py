@@ -246,12 +246,14 @@ def _gain_kept(rows: list[dict]) -> dict:
 def _markdown(res: dict, argv: str, title: str, out: Path) -> str:
     s = res["settings"]
     fmt = lambda v, p=4: "–" if v is None else (v if isinstance(v, str) else f"{v:.{p}f}")  # noqa: E731
+    # runs before --rank/--targets existed used r=16 on q,k,v,o
+    targets = s.get("targets", ["q", "k", "v", "o"])
+    shape = f"r={s.get('rank', 16)} " + ",".join(t.removesuffix("_proj") for t in targets)
     lines = [f"## {title}", "",
              f"`python benchmarks/privacy_bench.py {argv}`".replace(" `", "`"), "",
              f"SmolLM2-135M base; per domain a training set of {s['train_blocks']} blocks x {s['seq_len']} tokens "
              f"(whole documents of the real corpus) plus {s['canaries']} canaries x {s['canary_repeats']} insertions; "
-             f"LoRA r={s.get('rank', 16)} "
-             f"{','.join(t.removesuffix('_proj') for t in s.get('targets', ['q', 'k', 'v', 'o']))}, {s['steps']} steps x batch {s['batch_size']} (DP: Poisson batches of expected "
+             f"LoRA {shape}, {s['steps']} steps x batch {s['batch_size']} (DP: Poisson batches of expected "
              f"size {s['batch_size']}), lr {s['lr']}; DP-SGD with per-sample clipping C={s['dp_clip']}, "
              f"delta={s['dp_delta']}, epsilon from Opacus' RDP accountant. Audit: {s['extraction_samples']} "
              f"extraction windows (32-token prefix, 64 greedy tokens, hit = >= 50 leading tokens verbatim), "
@@ -284,7 +286,8 @@ def _markdown(res: dict, argv: str, title: str, out: Path) -> str:
     lines += ["", "Share of the non-DP expert's held-out gain over the base that each DP expert keeps: "
               + (", ".join(f"{k} {v:.0%}" for k, v in sorted(res["gain_kept"].items())) or "–") + ".", "",
               f"Train + audit time summed over the experts {res['expert_seconds'] / 60:.1f} min "
-              f"({s.get('threads') or 'all'} torch thread(s); per row in the raw file); load average at the collect step "
+              f"({s.get('threads') or 'all'} torch thread(s); per row in the raw file); load average at the "
+              "collect step "
               f"{', '.join(f'{x:.1f}' for x in res['load_avg_end'])} (2 cores, shared). Raw rows: "
               f"{out.relative_to(ROOT) if out.is_absolute() and out.is_relative_to(ROOT) else out}."]
     return "\n".join(lines)

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from argparse import Namespace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,20 +43,21 @@ def main() -> None:
     t0 = time.perf_counter()
 
     import scale_quality as q
-    from scale_bench import train_configs
+    from scale_bench import parser as bench_parser, train_configs
     from scale_quality import UNCOVERED
 
     from expertmesh.base import load_base
     from expertmesh.compose.build import build_composition, load_members
     from expertmesh.compose.runtime import CompositionRuntime
     from expertmesh.corpora.fine import fine_domains
+    from expertmesh.expert.audit import block_losses
     from expertmesh.expert.cache import cache_key
 
     work = Path(args.work)
     base = load_base(None)
     corpora = {d: work / "corpora" / d for d in fine_domains()}
     order = q.domain_order([d for d in corpora if d not in UNCOVERED])[:args.n]
-    bench = Namespace(tiny=False, steps=3, batch_size=4, seq_len=64, rank=8)       # scale_bench's defaults
+    bench = bench_parser().parse_args(["--work", str(work)])        # the experts scale_bench trains by default
     dirs = {c.name: work / "experts" / cache_key(c, base.fingerprint)
             for c in train_configs(bench, corpora, order, None, work)}
     missing = [d for d, p in dirs.items() if not (p / "manifest.json").is_file()]
@@ -79,11 +79,8 @@ def main() -> None:
                 ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"][:args.max_tokens]])
                 allowed = torch.zeros(len(cands), len(members), dtype=torch.bool)
                 allowed[torch.arange(len(cands)), torch.as_tensor(cands)] = True
-                batch = ids.expand(len(cands), -1)
-                with torch.inference_mode():
-                    logits = rt.model(batch, allowed=allowed).logits[:, :-1].float()
-                loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:],
-                                                         reduction="none").mean(1)
+                loss = block_losses(lambda x: rt.model(x, allowed=allowed).logits, ids.expand(len(cands), -1),
+                                    len(cands))
                 hits["retriever"].append(cands[0] == own)
                 hits["rerank"].append(cands[int(loss.argmin())] == own)
                 hits["in_top_m"].append(own in cands)

@@ -33,7 +33,8 @@ def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
-def _args():
+def parser() -> argparse.ArgumentParser:
+    """The bench's options (routing_rerank.py reads its expert budget defaults from here)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=["train", "quality", "cost", "federated", "all"], default="all",
                     help="train: only fill the expert cache (with --shard, several processes share the work)")
@@ -66,7 +67,7 @@ def _args():
     ap.add_argument("--work", default=str(ROOT / "runs" / "scale"))
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
-    return ap.parse_args()
+    return ap
 
 
 def setup(args):
@@ -219,7 +220,7 @@ def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    args = _args()
+    args = parser().parse_args()
     import torch
 
     load0 = os.getloadavg()[0]
