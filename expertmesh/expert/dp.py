@@ -4,9 +4,10 @@ accountant.
 
 Why not Opacus' GradSampleModule: the expert trains inside ComposedModel, whose MixtureLinear layers hold the
 LoRA factors of a gated mixture; Opacus has no grad sampler for that layer. Per-sample gradients are computed
-exactly instead, one block at a time (B backward passes of batch 1 cost the same FLOPs as one of batch B), then
-each is clipped to ``clip`` in L2 over all trainable tensors, summed, noised with N(0, (sigma*clip)^2) and
-divided by the expected batch size q*N (Opacus' convention, so the lr means the same as without DP).
+exactly instead, from one batched backward per chunk of the batch: ComposedModel.per_sample gives every sample its
+own copy of the trainable tensors, so each copy's gradient is that sample's alone. Each is clipped to ``clip`` in
+L2 over all trainable tensors, summed, noised with N(0, (sigma*clip)^2) and divided by the expected batch size
+q*N (Opacus' convention, so the lr means the same as without DP).
 
 Batches are Poisson-sampled (each block independently with rate q = batch_size / N), which is what the RDP
 accountant's subsampled-Gaussian bound assumes. sigma is the smallest noise multiplier that reaches
@@ -18,7 +19,6 @@ embeddings in the signature are computed from the training passages outside DP-S
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -74,23 +74,27 @@ def poisson_batch(num_blocks: int, rate: float, gen: torch.Generator) -> torch.T
 
 
 def dp_step(loss_of, ids: torch.Tensor, params: list[torch.nn.Parameter], plan: DPPlan, num_blocks: int,
-            gen: torch.Generator) -> float:
+            gen: torch.Generator, *, per_sample, chunk: int = 32) -> float:
     """Set ``p.grad`` of every param to the noised mean of clipped per-sample gradients; return the mean loss.
 
-    ``loss_of(ids[i:i+1])`` is one sample's loss. An empty Poisson batch still adds noise (it is one step)."""
+    ``per_sample(params, n)`` is a context manager that makes the model read n per-sample copies of ``params``
+    (yielded as [n, *shape] leaves); ``loss_of(x)`` is then the mean of x's per-sample losses. Chunks of
+    ``chunk`` samples bound the activation memory. An empty Poisson batch still adds noise (it is one step)."""
     total = [torch.zeros_like(p) for p in params]
-    losses = []
-    for i in range(len(ids)):
-        loss = loss_of(ids[i:i + 1])
-        grads = torch.autograd.grad(loss.float(), params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-        norm = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads))
-        scale = min(1.0, plan.clip / (norm + 1e-6))
+    loss_sum = 0.0
+    for start in range(0, len(ids), chunk):
+        x = ids[start:start + chunk]
+        with per_sample(params, len(x)) as copies:
+            loss = loss_of(x).float()
+            (loss * len(x)).backward()            # the sum of per-sample losses: copy s gets sample s's gradient
+        grads = [torch.zeros_like(c) if c.grad is None else c.grad for c in copies]
+        norms = torch.sqrt(sum(g.float().flatten(1).pow(2).sum(1) for g in grads))          # [n]
+        scale = (plan.clip / (norms + 1e-6)).clamp(max=1.0)
         for t, g in zip(total, grads):
-            t.add_(g, alpha=scale)
-        losses.append(float(loss.detach()))
+            t.add_(torch.tensordot(scale.to(g.dtype), g, dims=1))
+        loss_sum += float(loss.detach()) * len(x)
     expected = plan.sample_rate * num_blocks
     for p, t in zip(params, total):
         noise = torch.normal(0.0, plan.noise_multiplier * plan.clip, size=p.shape, generator=gen)
         p.grad = (t + noise) / expected
-    return sum(losses) / len(losses) if losses else float("nan")
+    return loss_sum / len(ids) if len(ids) else float("nan")

@@ -191,7 +191,7 @@ def _train_loop(cfg, composed, lora, row, blocks, progress, on_step, dp_plan=Non
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                     return composed(x, labels=x).loss
             ids = blocks[poisson_batch(len(blocks), dp_plan.sample_rate, gen)]
-            loss_value = dp_step(loss_of, ids, trainable, dp_plan, len(blocks), gen)
+            loss_value = dp_step(loss_of, ids, trainable, dp_plan, len(blocks), gen, per_sample=composed.per_sample)
         else:
             ids = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):

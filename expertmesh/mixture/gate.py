@@ -25,10 +25,11 @@ def gate_weights(h: torch.Tensor, rows: torch.Tensor, *, top_k: int, temperature
                  bias: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Gate weights for one layer.
 
-    h: [B, T, d] layer input; rows: [E, d] with row 0 = public; bias: [E] or None;
+    h: [B, T, d] layer input; rows: [E, d] with row 0 = public, or [B, E, d] (a row set per sample: DP-SGD's
+    per-sample gradients); bias: [E] or None;
     allowed: [B, E] bool (column 0 must be True) or None. Returns [B, T, E], each token's weights sum to 1.
     """
-    logits = normalise_hidden(h) @ rows.float().t() / (math.sqrt(rows.shape[-1]) * temperature)
+    logits = normalise_hidden(h) @ rows.float().transpose(-1, -2) / (math.sqrt(rows.shape[-1]) * temperature)
     if bias is not None:
         logits = logits + bias.float()
     if allowed is not None:

@@ -66,32 +66,32 @@ class MixtureLinear(nn.Module):
         return self._pools
 
     def _stack(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """(A_cat [in, N*r], B_cat [N*r, out], r); with per-sample factors (A [S, r, in], B [S, out, r]: see
+        ComposedModel.per_sample) every block is broadcast to [S, ...] and the matmuls batch over the samples."""
         live = self._live()
         if self._stacked is not None and not live:
             return self._stacked
         present = [f for f in self.factors if f is not None]
         if not present:
             return None
-        r = max(a.shape[0] for a, _, _ in present)
-        n = len(self.factors)
+        r = max(a.shape[-2] for a, _, _ in present)
+        lead = torch.broadcast_shapes(*(t.shape[:-2] for a, b, _ in present for t in (a, b)))
         a_blocks, b_blocks = [], []
         for f in self.factors:
             if f is None:
-                a_blocks.append(torch.zeros(r, self.base.in_features))
-                b_blocks.append(torch.zeros(self.base.out_features, r))
+                a_blocks.append(torch.zeros(*lead, r, self.base.in_features))
+                b_blocks.append(torch.zeros(*lead, self.base.out_features, r))
                 continue
             a, b, scaling = f
-            pad = r - a.shape[0]
-            a_blocks.append(F.pad(a, (0, 0, 0, pad)))
-            b_blocks.append(F.pad(b * scaling, (0, pad)))
-        a_cat = torch.cat(a_blocks, 0).t()           # [in, N*r]
-        b_cat = torch.cat(b_blocks, 1).t()           # [N*r, out]
-        stacked = (a_cat, b_cat, r)
+            pad = r - a.shape[-2]
+            a_blocks.append(F.pad(a, (0, 0, 0, pad)).expand(*lead, -1, -1))
+            b_blocks.append(F.pad(b * scaling, (0, pad)).expand(*lead, -1, -1))
+        a_cat = torch.cat(a_blocks, -2).transpose(-1, -2)     # [..., in, N*r]
+        b_cat = torch.cat(b_blocks, -1).transpose(-1, -2)     # [..., N*r, out]
         if not live:
             self._stacked = (a_cat.contiguous(), b_cat.contiguous(), r)
             return self._stacked
-        assert n * r == a_cat.shape[1]
-        return stacked
+        return a_cat, b_cat, r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)

@@ -68,7 +68,8 @@ class RouterState:
     def __init__(self, anchor_rows: torch.Tensor, expert_rows: torch.Tensor, *, top_k: int,
                  temperature: float = 1.0, bias: torch.Tensor | None = None):
         self.anchor_rows = anchor_rows       # [L, d], the public entry, frozen
-        self.expert_rows = expert_rows       # [L, N, d], may be an nn.Parameter when tuning
+        self.expert_rows = expert_rows       # [L, N, d], may be an nn.Parameter when tuning ([L, B, N, d]
+                                             # inside ComposedModel.per_sample)
         self.bias = bias                     # [E] or None, may be an nn.Parameter
         self.top_k = top_k
         self.temperature = temperature
@@ -82,7 +83,7 @@ class RouterState:
         self._trace_tokens: torch.Tensor | None = None
 
     def compute(self, layer: int, h: torch.Tensor) -> None:
-        if self.expert_rows.shape[1] == 0:
+        if self.expert_rows.shape[-2] == 0:
             self._weights[layer] = None
             return
         if self.fixed is not None:
@@ -99,12 +100,14 @@ class RouterState:
         batch may use (the retriever's top-m candidates, opt-outs removed): a masked column would get -inf and
         weight 0 anyway, and the kept columns stay in entry order, so the stable top-k breaks ties as over all
         E columns. The gate's cost then follows the candidates, not the number of members."""
-        rows = torch.cat([self.anchor_rows[layer][None].to(self.expert_rows.dtype), self.expert_rows[layer]], 0)
+        er = self.expert_rows[layer]                                     # [N, d], or [B, N, d] per sample
+        anchor = self.anchor_rows[layer].to(er.dtype).expand(*er.shape[:-2], 1, er.shape[-1])
+        rows = torch.cat([anchor, er], -2)
         cols = self._columns()
         if cols is None:
             return gate_weights(h, rows, top_k=self.top_k, temperature=self.temperature, bias=self.bias,
                                 allowed=self.allowed)
-        wc = gate_weights(h, rows[cols], top_k=self.top_k, temperature=self.temperature,
+        wc = gate_weights(h, rows.index_select(-2, cols), top_k=self.top_k, temperature=self.temperature,
                           bias=self.bias[cols] if self.bias is not None else None, allowed=self.allowed[:, cols])
         return wc.new_zeros(*wc.shape[:-1], rows.shape[0]).index_copy(-1, cols, wc)
 
@@ -205,6 +208,28 @@ class ComposedModel(nn.Module):
             parent_path, attr = path.rsplit(".", 1)
             setattr(self.base_model.get_submodule(parent_path), attr, mix.base)
         self._hooks, self._wrapped = [], {}
+
+    @contextlib.contextmanager
+    def per_sample(self, params: list[torch.Tensor], samples: int) -> Iterator[list[torch.Tensor]]:
+        """Per-sample gradients from one batched backward (DP-SGD): inside the block each of ``params`` (LoRA
+        factors held by this model, or its expert-row tensor) is replaced by a leaf of ``samples`` copies,
+        yielded as [samples, *shape] in the order of ``params``. Sample s of the batch reads only copy s, so
+        after a backward of the summed per-sample losses copy.grad[s] is sample s's own gradient."""
+        copies = [p.detach().unsqueeze(0).expand(samples, *p.shape).clone().requires_grad_() for p in params]
+        by_id = {id(p): c for p, c in zip(params, copies)}
+        saved = {path: mix.factors for path, mix in self._wrapped.items()}
+        saved_rows = self.router.expert_rows
+        try:
+            for path, mix in self._wrapped.items():
+                mix.set_factors([None if f is None else (by_id.get(id(f[0]), f[0]), by_id.get(id(f[1]), f[1]), f[2])
+                                 for f in saved[path]], dropout=mix.dropout)
+            if id(saved_rows) in by_id:          # rows [L, N, d] -> [L, S, N, d]: the layer index stays first
+                self.router.expert_rows = by_id[id(saved_rows)].movedim(0, 1)
+            yield copies
+        finally:
+            for path, mix in self._wrapped.items():
+                mix.set_factors(saved[path], dropout=mix.dropout)
+            self.router.expert_rows = saved_rows
 
     # -- routing context --------------------------------------------------------------------------------
     @property

@@ -1,4 +1,5 @@
 """The owner-side leakage audit, canaries and DP-SGD training, on the tiny config-built base."""
+import contextlib
 import json
 import math
 import random
@@ -157,12 +158,59 @@ def test_dp_step_clips_each_sample_before_summing():
 
     w = torch.nn.Parameter(torch.zeros(3))
     x = torch.tensor([[1.0, 0, 0], [0, 100.0, 0]])       # sample 2's gradient is 100x larger
+    reads = {"w": w}
+
+    @contextlib.contextmanager
+    def per_sample(params, n):
+        copies = [p.detach().expand(n, *p.shape).clone().requires_grad_() for p in params]
+        reads["w"] = copies[0]
+        yield copies
+        reads["w"] = w
 
     def loss_of(ids):
-        return (w * x[int(ids[0, 0])]).sum()
+        return (reads["w"] * x[ids[:, 0]]).sum(-1).mean()
     plan = DPPlan(epsilon=1.0, delta=1e-5, clip=1.0, noise_multiplier=0.0, sample_rate=1.0, steps=1)
-    dp_step(loss_of, torch.tensor([[0], [1]]), [w], plan, num_blocks=2, gen=torch.Generator().manual_seed(0))
+    dp_step(loss_of, torch.tensor([[0], [1]]), [w], plan, num_blocks=2, gen=torch.Generator().manual_seed(0),
+            per_sample=per_sample)
     assert torch.allclose(w.grad, torch.tensor([0.5, 0.5, 0.0]), atol=1e-5)   # both clipped to norm 1, mean
+
+
+def test_batched_per_sample_gradients_equal_one_backward_per_sample(tiny_base):
+    """ComposedModel.per_sample: one batched backward gives each block the gradient a backward of that block
+    alone gives, for the LoRA factors and the router row (what DP-SGD clips)."""
+    from torch import nn
+
+    from expertmesh.mixture.lora_io import ExpertWeights
+    from expertmesh.mixture.model import ComposedModel, adaptable_modules, resolve_targets
+
+    # Prepare
+    model = tiny_base.model
+    g = torch.Generator().manual_seed(0)
+    L, d = model.config.num_hidden_layers, model.config.hidden_size
+    linears = adaptable_modules(model)
+    lora = {p: (nn.Parameter(0.3 * torch.randn(2, linears[p].in_features, generator=g)),
+                nn.Parameter(0.3 * torch.randn(linears[p].out_features, 2, generator=g)))
+            for p in resolve_targets(model, ["q_proj", "v_proj"])}
+    anchor, rows = torch.randn(L, d, generator=g), torch.randn(L, d, generator=g)
+    row = nn.Parameter(rows[:, None, :].clone())
+    expert = ExpertWeights(name="e", lora=lora, scaling=2.0, router_rows=rows, anchor_rows=anchor,
+                           pilots=torch.zeros(1, 1))
+    composed = ComposedModel(model, [expert], top_k=2, anchor_rows=anchor, expert_rows=row)
+    params = [p for pair in lora.values() for p in pair] + [row]
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=g)
+    # Execute
+    with composed.per_sample(params, len(ids)) as copies:
+        (composed(ids, labels=ids).loss * len(ids)).backward()
+    batched = [c.grad for c in copies]
+    single = [torch.autograd.grad(composed(ids[s:s + 1], labels=ids[s:s + 1]).loss, params) for s in range(3)]
+    composed.close()
+    # Assert
+    for k, p in enumerate(params):
+        assert batched[k].shape == (3, *p.shape)
+        for s in range(3):
+            assert torch.allclose(batched[k][s], single[s][k], atol=1e-5), (k, s)
+    assert all(float(c.abs().sum()) > 0 for c in batched)      # every tensor, the row included, got a gradient
+    assert composed.router.expert_rows is row                    # the shared tensors are back after the block
 
 
 def test_dp_delta_must_be_below_one_over_n(tiny_base_dir, audit_corpus, tmp_path):
