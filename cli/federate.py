@@ -6,25 +6,43 @@ owner's corpus, trained in its own Ray actor). For owners on separate machines u
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 
 import click
 
 
-def _owners(composition, experts, clients, base):
-    from router_training.client_app import OwnerSetup
+@dataclasses.dataclass(frozen=True)
+class Federation:
+    """The options every federate command shares (fed_options), in one form from the command line to the run."""
 
-    paths = [c.strip() for c in clients.split(",") if c.strip()]
-    if not paths:
-        raise click.BadParameter("give at least one owner corpus", param_hint="--clients")
-    return [OwnerSetup(composition=composition, experts=experts, data=p, base=base) for p in paths]
+    clients: str
+    rounds: int
+    min_clients: int
+    fraction: float
+    round_timeout: float
+    server_lr: float
+    dp: str
+    dp_clip: float
+    dp_noise: float
+    dp_epsilon: float
+    cpus: int
 
+    def owners(self, composition, experts, base) -> list:
+        from router_training.client_app import OwnerSetup
 
-def _federation(rounds, min_clients, fraction, round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon,
-                n_owners):
-    return {"rounds": rounds, "min_clients": min(min_clients, n_owners), "min_available": n_owners,
-            "fraction": fraction, "round_timeout": round_timeout, "server_lr": server_lr,
-            "dp": {"mode": dp, "clipping_norm": dp_clip, "noise_multiplier": dp_noise, "epsilon": dp_epsilon}}
+        paths = [c.strip() for c in self.clients.split(",") if c.strip()]
+        if not paths:
+            raise click.BadParameter("give at least one owner corpus", param_hint="--clients")
+        return [OwnerSetup(composition=composition, experts=experts, data=p, base=base) for p in paths]
+
+    def server_config(self, n_owners: int) -> dict:
+        """ServerSetup's federation section (validated there as a FederationConfig)."""
+        return {"rounds": self.rounds, "min_clients": min(self.min_clients, n_owners), "min_available": n_owners,
+                "fraction": self.fraction, "round_timeout": self.round_timeout, "server_lr": self.server_lr,
+                "dp": {"mode": self.dp, "clipping_norm": self.dp_clip, "noise_multiplier": self.dp_noise,
+                       "epsilon": self.dp_epsilon}}
 
 
 def _report(history: dict) -> None:
@@ -64,7 +82,14 @@ def _stack(opts: list):
     return deco
 
 
-fed_options = _stack(_fed_options)
+def fed_options(command):
+    """Adds the shared options and hands them to ``command`` as one ``fed: Federation`` argument."""
+    names = [f.name for f in dataclasses.fields(Federation)]
+
+    @functools.wraps(command)
+    def with_federation(**kwargs):
+        return command(fed=Federation(**{n: kwargs.pop(n) for n in names}), **kwargs)
+    return _stack(_fed_options)(with_federation)
 
 
 def train_options(lr: float):
@@ -83,10 +108,9 @@ def _report_secure(history: dict) -> None:
     click.echo(f"wrote {json.dumps(history['output'])}")
 
 
-def _run(kind, composition, experts, base, out, name, train, kind_options, central, clients, rounds, min_clients,
-         fraction, round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry=None, seed=0,
-         secagg=None):
-    owners = _owners(composition, experts, clients, base)
+def _run(kind, composition, experts, base, out, name, train, kind_options, central, fed: Federation, registry=None,
+         seed=0, secagg=None):
+    owners = fed.owners(composition, experts, base)
     if central and secagg is not None:
         from expertmesh.errors import ConfigError
 
@@ -95,7 +119,7 @@ def _run(kind, composition, experts, base, out, name, train, kind_options, centr
     if central:
         from router_training.central import train_central
 
-        total = dict(train, steps=train["steps"] * rounds * len(owners))   # the federation's whole step budget
+        total = dict(train, steps=train["steps"] * fed.rounds * len(owners))   # the federation's whole step budget
         history = train_central(kind, composition, experts, [o.data for o in owners], total, out=out, base=base,
                                 kind_options=kind_options, name=name, seed=seed)
         click.echo(f"central {kind}: {json.dumps(history['stats'])}")
@@ -106,16 +130,15 @@ def _run(kind, composition, experts, base, out, name, train, kind_options, centr
 
     setup = ServerSetup(composition=composition, experts=experts, out=out, base=base, kind=kind,
                         kind_options=kind_options, train=train, name=name, registry=registry, seed=seed,
-                        federation=_federation(rounds, min_clients, fraction, round_timeout, server_lr, dp, dp_clip,
-                                               dp_noise, dp_epsilon, len(owners)))
+                        federation=fed.server_config(len(owners)))
     if secagg is not None:
         from router_training.secagg import tune_secure, tuning_config
 
         # tune_secure refuses what SecAgg+ cannot combine with (DP, sampling, < 3 owners) before loading a model
-        _report_secure(tune_secure(setup, owners, tuning_config(setup, **secagg), total_cpus=cpus))
+        _report_secure(tune_secure(setup, owners, tuning_config(setup, **secagg), total_cpus=fed.cpus))
         return
     # One Ray actor with every core: owners train in turn, one copy of the base in memory (see simulate.py).
-    _report(simulate(setup, owners, cpus_per_client=cpus, total_cpus=cpus))
+    _report(simulate(setup, owners, cpus_per_client=fed.cpus, total_cpus=fed.cpus))
 
 
 @click.group()
@@ -144,8 +167,7 @@ def federate() -> None:
 @click.option("--secagg-threshold", default=0.5, show_default=True, type=float,
               help="SecAgg+ reconstruction threshold: share of an owner's neighbours needed to unmask; lower "
                    "tolerates more dropped owners.")
-def tune(composition, experts, out, base, name, clients, rounds, min_clients, fraction, round_timeout, server_lr, dp,
-         dp_clip, dp_noise, dp_epsilon, cpus, steps, batch_size, seq_len, lr, no_bias, central, registry, seed,
+def tune(composition, experts, out, base, name, fed, steps, batch_size, seq_len, lr, no_bias, central, registry, seed,
          secure_aggregation, secagg_threshold) -> None:
     """Federated router tuning: FedAvg over the rows (and bias) each owner tunes on its own data.
 
@@ -157,9 +179,8 @@ def tune(composition, experts, out, base, name, clients, rounds, min_clients, fr
     train = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "train_bias": not no_bias,
              "seed": seed}
     # a SecAgg+ stage waits at most --round-timeout seconds for the owners' replies, as a plain round does
-    secagg = {"reconstruction_threshold": secagg_threshold, "timeout": round_timeout} if secure_aggregation else None
-    _run("router", composition, experts, base, out, name, train, {}, central, clients, rounds, min_clients,
-         fraction, round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed, secagg)
+    secagg = {"reconstruction_threshold": secagg_threshold, "timeout": fed.round_timeout} if secure_aggregation else None
+    _run("router", composition, experts, base, out, name, train, {}, central, fed, registry, seed, secagg)
 
 
 @federate.command("mot-train")
@@ -181,8 +202,7 @@ def tune(composition, experts, out, base, name, clients, rounds, min_clients, fr
 @click.option("--central", is_flag=True, help="Train on the pooled corpora (coordinator may use them), same budget.")
 @click.option("--registry", default=None, help="Publish the MoT composition to this registry URL.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def mot_train(composition, experts, out, base, name, clients, rounds, min_clients, fraction, round_timeout, server_lr,
-              dp, dp_clip, dp_noise, dp_epsilon, cpus, top_k, interaction_layers, latent_dim, heads, select_tokens,
+def mot_train(composition, experts, out, base, name, fed, top_k, interaction_layers, latent_dim, heads, select_tokens,
               streams, steps, batch_size, seq_len, lr, central, registry, seed) -> None:
     """Train Mixture-of-Thoughts (selector + interaction layers; experts and base frozen), federated or central.
 
@@ -191,8 +211,7 @@ def mot_train(composition, experts, out, base, name, clients, rounds, min_client
     arch = {"top_k": top_k, "num_interaction": interaction_layers, "latent_dim": latent_dim, "num_heads": heads,
             "select_tokens": select_tokens, "streams": streams}
     train = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed}
-    _run("mot", composition, experts, base, out, name, train, arch, central, clients, rounds, min_clients,
-         fraction, round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed)
+    _run("mot", composition, experts, base, out, name, train, arch, central, fed, registry, seed)
 
 
 @federate.command("fedavg-lora")
@@ -207,8 +226,7 @@ def mot_train(composition, experts, out, base, name, clients, rounds, min_client
 @click.option("--central", is_flag=True, help="Train one LoRA on the pooled corpora instead (same budget).")
 @click.option("--registry", default=None, help="Publish the expert package to this registry URL.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def fedavg_lora(out, base, name, clients, rounds, min_clients, fraction, round_timeout, server_lr, dp, dp_clip,
-                dp_noise, dp_epsilon, cpus, rank, alpha, targets, steps, batch_size, seq_len, lr, central, registry,
+def fedavg_lora(out, base, name, fed, rank, alpha, targets, steps, batch_size, seq_len, lr, central, registry,
                 seed) -> None:
     """Baseline: one LoRA trained by plain FedAvg across all owners (FlowerTune-style); writes an expert package.
 
@@ -217,8 +235,7 @@ def fedavg_lora(out, base, name, clients, rounds, min_clients, fraction, round_t
     lora = {"r": rank, "alpha": alpha if alpha is not None else 2.0 * rank, "dropout": 0.0, "name": name,
             **({"target_modules": list(targets)} if targets else {})}
     train = {"steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed}
-    _run("lora", None, None, base, out, name, train, lora, central, clients, rounds, min_clients, fraction,
-         round_timeout, server_lr, dp, dp_clip, dp_noise, dp_epsilon, cpus, registry, seed)
+    _run("lora", None, None, base, out, name, train, lora, central, fed, registry, seed)
 
 
 @federate.command("eval")
