@@ -45,6 +45,8 @@ def _args():
     ap.add_argument("--canary-repeats", type=int, default=8)
     ap.add_argument("--dp-delta", type=float, default=1e-5)
     ap.add_argument("--dp-clip", type=float, default=1.0)
+    ap.add_argument("--dp-freeze-lora-a", action="store_true",
+                    help="DP experts train only B (FFA-LoRA: A stays at its random init); the non-DP expert trains both")
     ap.add_argument("--extraction-samples", type=int, default=24)
     ap.add_argument("--mia-blocks", type=int, default=48)
     ap.add_argument("--canary-candidates", type=int, default=300)
@@ -137,7 +139,8 @@ def main() -> None:
                               seq_len=args.seq_len, lr=args.lr, warmup_steps=2, eval_blocks=8,
                               canaries=args.canaries, canary_repeats=args.canary_repeats,
                               dp_epsilon=None if eps == "inf" else float(eps), dp_delta=args.dp_delta,
-                              dp_clip=args.dp_clip, overwrite=True, resume=False, checkpoint_every=10_000)
+                              dp_clip=args.dp_clip, train_lora_a=not (args.dp_freeze_lora_a and eps != "inf"),
+                              overwrite=True, resume=False, checkpoint_every=10_000)
             t0 = time.time()
             res = train_expert(cfg, base=base, progress=False)
             t_train = time.time() - t0
@@ -255,7 +258,9 @@ def _markdown(res: dict, argv: str, title: str, out: Path) -> str:
              f"(whole documents of the real corpus) plus {s['canaries']} canaries x {s['canary_repeats']} insertions; "
              f"LoRA {shape}, {s['steps']} steps x batch {s['batch_size']} (DP: Poisson batches of expected "
              f"size {s['batch_size']}), lr {s['lr']}; DP-SGD with per-sample clipping C={s['dp_clip']}, "
-             f"delta={s['dp_delta']}, epsilon from Opacus' RDP accountant. Audit: {s['extraction_samples']} "
+             f"delta={s['dp_delta']}, epsilon from Opacus' RDP accountant"
+             f"{'; DP experts train only B (FFA-LoRA, A frozen at its random init)' if s.get('dp_freeze_lora_a') else ''}"
+             ". Audit: {s['extraction_samples']} "
              f"extraction windows (32-token prefix, 64 greedy tokens, hit = >= 50 leading tokens verbatim), "
              f"{s['mia_blocks']} member vs held-out blocks for the MIA AUC, {s['canary_candidates']} random "
              f"secrets for canary exposure (bits; log2|R| = 29.9). Held-out loss is on the MIA's held-out blocks.", "",

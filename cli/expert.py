@@ -42,6 +42,8 @@ def expert() -> None:
 @click.option("--dp-epsilon", default=None, type=float, help="Train with DP-SGD to this epsilon (default: no DP).")
 @click.option("--dp-delta", default=1e-5, show_default=True, type=float, help="DP delta (must be < 1/blocks).")
 @click.option("--dp-clip", default=1.0, show_default=True, type=float, help="DP per-sample clipping norm.")
+@click.option("--freeze-lora-a", is_flag=True,
+              help="FFA-LoRA: keep each A at its random init and train only B (half the values DP must noise).")
 @click.option("--no-resume", is_flag=True, help="Ignore an earlier interrupted run's checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -52,7 +54,7 @@ def expert() -> None:
               help="No progress bar or library warnings; one progress line on a terminal, else in --log-file.")
 def train(data, heldout, name, owner, out, base, tags, licence, rank, alpha, targets, steps, batch_size, seq_len,
           lr, router_lr, precision, seed, num_pilots, checkpoint_every, canaries, canary_repeats, dp_epsilon, dp_delta,
-          dp_clip, no_resume, overwrite, threads, log_file, quiet) -> None:
+          dp_clip, freeze_lora_a, no_resume, overwrite, threads, log_file, quiet) -> None:
     """Train a LoRA expert + router signature against the frozen public base.
 
     Example: expertmesh expert train --data data/corpora/medicine --name medicine --owner clinic --out experts/medicine --steps 40
@@ -69,7 +71,8 @@ def train(data, heldout, name, owner, out, base, tags, licence, rank, alpha, tar
                       licence=licence, lora=lora, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
                       router_lr=router_lr, precision=precision, seed=seed, num_pilots=num_pilots,
                       checkpoint_every=checkpoint_every, canaries=canaries, canary_repeats=canary_repeats,
-                      dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, resume=not no_resume,
+                      dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_clip=dp_clip, train_lora_a=not freeze_lora_a,
+                      resume=not no_resume,
                       overwrite=overwrite)
     if quiet:
         from cli.main import quiet_libraries

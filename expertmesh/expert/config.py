@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expertmesh.errors import DataError
+from expertmesh.errors import ConfigError, DataError
 from expertmesh.expert.manifest import LoraSpec
 from expertmesh.validate import check_choice, check_float, check_int, check_name, check_str_list, from_known_fields
+
+
+# Fields added after expert caches and checkpoints existed, with their defaults (see TrainConfig.digest).
+_LATER_FIELDS = {"train_lora_a": True}
 
 
 @dataclass
@@ -43,6 +47,8 @@ class TrainConfig:
     dp_epsilon: float | None = None            # DP-SGD target epsilon (expert/dp.py); None = no DP
     dp_delta: float = 1e-5
     dp_clip: float = 1.0                       # per-sample L2 clipping norm over all trainable tensors
+    # False: FFA-LoRA, A stays at its random init and only B trains (half the LoRA values for DP-SGD to noise)
+    train_lora_a: bool = True
     resume: bool = True
     overwrite: bool = False
 
@@ -69,6 +75,8 @@ class TrainConfig:
             check_float("dp_epsilon", self.dp_epsilon, lo=0.0, lo_open=True, hi=1000.0)
         check_float("dp_delta", self.dp_delta, lo=0.0, lo_open=True, hi=0.1)
         check_float("dp_clip", self.dp_clip, lo=0.0, lo_open=True)
+        if not isinstance(self.train_lora_a, bool):
+            raise ConfigError(f"train_lora_a must be true or false, got {self.train_lora_a!r}")
         if not Path(self.data).exists():
             raise DataError(f"data={self.data!r} does not exist: give a corpus directory, a .jsonl or a .txt file")
         if self.heldout is None and Path(self.data).is_dir() and (Path(self.data) / "heldout.jsonl").is_file():
@@ -89,6 +97,9 @@ class TrainConfig:
             d.pop(k)
         if not with_paths:
             d.pop("data"), d.pop("heldout")
+        for k, default in _LATER_FIELDS.items():     # digested only when set: keys made before them stay valid
+            if d.get(k) == default:
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

@@ -152,7 +152,10 @@ def _train_loop(cfg, composed, lora, row, blocks, progress, on_step, dp_plan=Non
     from tqdm import tqdm
     from safetensors.torch import load_file, save_file
 
-    params = [p for pair in lora.values() for p in pair]
+    params = [p for a, b in lora.values() for p in ((a, b) if cfg.train_lora_a else (b,))]
+    if not cfg.train_lora_a:
+        for a, _ in lora.values():
+            a.requires_grad_(False)
     groups = [{"params": params, "lr": cfg.lr}]
     if cfg.router_lr > 0:
         groups.append({"params": [row], "lr": cfg.router_lr})

@@ -253,3 +253,22 @@ def test_audit_help_has_an_example():
         res = CliRunner().invoke(cli, cmd + ["--help"])
         assert res.exit_code == 0 and "Example" in res.output
     assert "--dp-epsilon" in CliRunner().invoke(cli, ["expert", "train", "--help"]).output
+
+
+@pytest.mark.parametrize("dp_epsilon", [None, 8.0])
+def test_frozen_a_keeps_its_init_and_only_b_trains(tiny_base_dir, audit_corpus, tmp_path, dp_epsilon):
+    from expertmesh.base import load_base
+    from expertmesh.expert.train import _init_lora
+    from expertmesh.mixture.lora_io import ADAPTER_WEIGHTS_FILE, read_peft_adapter
+    from expertmesh.mixture.model import resolve_targets
+
+    res = train_tiny_expert(tiny_base_dir, audit_corpus, tmp_path / "ffa", "ffa", steps=3, batch_size=4,
+                            train_lora_a=False, dp_epsilon=dp_epsilon, dp_delta=1e-3, dp_clip=0.5)
+    model = load_base(str(tiny_base_dir)).model
+    init = _init_lora(model, resolve_targets(model, ["q_proj", "v_proj"]), 4, 0)
+    trained = read_peft_adapter(res.out / ADAPTER_WEIGHTS_FILE)
+    assert set(trained) == set(init)
+    for path, (a, b) in trained.items():
+        assert torch.equal(a.float(), init[path][0].detach().float()), path
+        assert float(b.abs().sum()) > 0, path                 # B starts at zero: it moved
+    assert res.manifest.training["config"]["train_lora_a"] is False

@@ -30,3 +30,17 @@ def test_second_call_is_a_hit_with_the_other_spelling(tiny_corpora, tiny_base, t
     monkeypatch.chdir(absolute.parent)
     second, hit2 = cached_train(_cfg(os.path.relpath(absolute)), tmp_path / "cache", base=tiny_base)
     assert (hit1, hit2) == (False, True) and second == first and (first / "manifest.json").is_file()
+
+
+def test_freezing_a_is_in_the_key_but_the_default_leaves_older_keys_alone(tiny_corpora):
+    import hashlib
+    import json
+
+    cfg = _cfg(tiny_corpora["law"])
+    d = cfg.to_dict()
+    for k in ("out", "resume", "overwrite", "checkpoint_every", "eval_blocks", "description", "licence",
+              "train_lora_a"):
+        d.pop(k)
+    before_the_field = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.digest() == before_the_field
+    assert _cfg(tiny_corpora["law"], train_lora_a=False).digest() != before_the_field
