@@ -38,3 +38,15 @@ def mean_token_loss(forward, blocks: torch.Tensor, batch_size: int = 8) -> float
             total += float(loss)
             count += ids[:, 1:].numel()
     return total / max(count, 1)
+
+
+# Blocks per forward/backward in training: the vocabulary-wide logits of a 128 x 64-token batch alone take
+# ~1.6 GB in fp32 (SmolLM2's 49k vocabulary), and their gradients as much again, so large batches run as
+# micro-batches of about this many tokens, with the same gradient.
+MICRO_BATCH_TOKENS = 4096
+
+
+def micro_batches(ids: torch.Tensor) -> list[torch.Tensor]:
+    step = max(1, MICRO_BATCH_TOKENS // ids.shape[1])
+    return [ids[i:i + step] for i in range(0, len(ids), step)]
+

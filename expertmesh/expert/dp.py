@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from expertmesh.errors import ConfigError
+from expertmesh.expert.blocks import micro_batches
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,15 @@ def poisson_batch(num_blocks: int, rate: float, gen: torch.Generator) -> torch.T
 
 
 def dp_step(loss_of, ids: torch.Tensor, params: list[torch.nn.Parameter], plan: DPPlan, num_blocks: int,
-            gen: torch.Generator, *, per_sample, chunk: int = 32) -> float:
+            gen: torch.Generator, *, per_sample) -> float:
     """Set ``p.grad`` of every param to the noised mean of clipped per-sample gradients; return the mean loss.
 
     ``per_sample(params, n)`` is a context manager that makes the model read n per-sample copies of ``params``
-    (yielded as [n, *shape] leaves); ``loss_of(x)`` is then the mean of x's per-sample losses. Chunks of
-    ``chunk`` samples bound the activation memory. An empty Poisson batch still adds noise (it is one step)."""
+    (yielded as [n, *shape] leaves); ``loss_of(x)`` is then the mean of x's per-sample losses. Micro-batches
+    (blocks.micro_batches) bound the activation memory. An empty Poisson batch still adds noise (one step)."""
     total = [torch.zeros_like(p) for p in params]
     loss_sum = 0.0
-    for start in range(0, len(ids), chunk):
-        x = ids[start:start + chunk]
+    for x in micro_batches(ids):
         with per_sample(params, len(x)) as copies:
             loss = loss_of(x).float()
             (loss * len(x)).backward()            # the sum of per-sample losses: copy s gets sample s's gradient

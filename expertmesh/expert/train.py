@@ -24,7 +24,7 @@ from torch import nn
 
 from expertmesh.base import Base, load_base
 from expertmesh.errors import ConfigError
-from expertmesh.expert.blocks import mean_token_loss, pack_blocks
+from expertmesh.expert.blocks import mean_token_loss, micro_batches, pack_blocks
 from expertmesh.expert.canaries import canary_path, insert_canaries, make_canaries, save_canaries
 from expertmesh.expert.dp import accounted_epsilon, dp_step, plan_dp, poisson_batch
 from expertmesh.expert.config import TrainConfig
@@ -197,11 +197,13 @@ def _train_loop(cfg, composed, lora, row, blocks, progress, on_step, dp_plan=Non
             loss_value = dp_step(loss_of, ids, trainable, dp_plan, len(blocks), gen, per_sample=composed.per_sample)
         else:
             ids = blocks[torch.randint(len(blocks), (cfg.batch_size,), generator=gen)]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = composed(ids, labels=ids).loss
-            loss.float().backward()
+            loss_value = 0.0
+            for part in micro_batches(ids):       # the batch's mean loss, accumulated part by part
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = composed(part, labels=part).loss
+                (loss.float() * (len(part) / len(ids))).backward()
+                loss_value += float(loss.detach()) * len(part) / len(ids)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            loss_value = float(loss.detach())
         opt.step()
         losses.append(round(loss_value, 4))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")

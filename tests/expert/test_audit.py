@@ -272,3 +272,26 @@ def test_frozen_a_keeps_its_init_and_only_b_trains(tiny_base_dir, audit_corpus, 
         assert torch.equal(a.float(), init[path][0].detach().float()), path
         assert float(b.abs().sum()) > 0, path                 # B starts at zero: it moved
     assert res.manifest.training["config"]["train_lora_a"] is False
+
+
+def test_micro_batches_give_the_whole_batch_gradient(tiny_base_dir, audit_corpus, tmp_path, monkeypatch):
+    """A batch split into micro-batches (expert/blocks.py) takes the same step as the batch in one pass; SGD
+    instead of AdamW so the step is the gradient itself, not its sign; no LoRA dropout, whose masks follow the
+    pass's shape."""
+    import expertmesh.expert.blocks as blocks
+    from expertmesh.expert.manifest import LoraSpec
+    from expertmesh.mixture.lora_io import ADAPTER_WEIGHTS_FILE, read_peft_adapter
+
+    monkeypatch.setattr(torch.optim, "AdamW", torch.optim.SGD)
+    trained = {}
+    for tokens in (32, 10 ** 6):                        # one 32-token block per pass, then the whole batch
+        monkeypatch.setattr(blocks, "MICRO_BATCH_TOKENS", tokens)
+        res = train_tiny_expert(tiny_base_dir, audit_corpus, tmp_path / str(tokens), "mb", steps=2, batch_size=4,
+                                precision="fp32", lr=0.5,
+                                lora=LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+        trained[tokens] = read_peft_adapter(res.out / ADAPTER_WEIGHTS_FILE)
+    split, whole = trained[32], trained[10 ** 6]
+    assert any(float(b.abs().sum()) > 0 for _, b in whole.values())
+    for path in whole:
+        for x, y in zip(split[path], whole[path]):
+            assert torch.allclose(x, y, atol=1e-5), path
