@@ -41,7 +41,9 @@ def expert() -> None:
 @click.option("--canary-repeats", default=8, show_default=True, type=int, help="Insertions of each canary.")
 @click.option("--dp-epsilon", default=None, type=float, help="Train with DP-SGD to this epsilon (default: no DP).")
 @click.option("--dp-delta", default=1e-5, show_default=True, type=float, help="DP delta (must be < 1/blocks).")
-@click.option("--dp-clip", default=1.0, show_default=True, type=float, help="DP per-sample clipping norm.")
+@click.option("--dp-clip", default=1.0, show_default=True, type=float,
+              help="DP per-sample clipping norm. Pick it below most per-sample gradient norms (for a fresh LoRA r=2 "
+                   "on SmolLM2 they are ~0.2-0.9; BENCHMARKS.md used 0.1), or the noise outweighs what is clipped.")
 @click.option("--freeze-lora-a", is_flag=True,
               help="FFA-LoRA: keep each A at its random init and train only B (half the values DP must noise).")
 @click.option("--no-resume", is_flag=True, help="Ignore an earlier interrupted run's checkpoint.")
