@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -195,7 +196,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     from benchmarks.mesh.markdown import replace_section
 
-    replace_section(ROOT / "BENCHMARKS.md", args.section, _markdown(result, " ".join(sys.argv[1:]), args.title,
+    replace_section(ROOT / "BENCHMARKS.md", args.section, _markdown(result, shlex.join(sys.argv[1:]), args.title,
                                                                     Path(args.out)))
 
 
@@ -260,7 +261,7 @@ def _markdown(res: dict, argv: str, title: str, out: Path) -> str:
              f"size {s['batch_size']}), lr {s['lr']}; DP-SGD with per-sample clipping C={s['dp_clip']}, "
              f"delta={s['dp_delta']}, epsilon from Opacus' RDP accountant"
              f"{'; DP experts train only B (FFA-LoRA, A frozen at its random init)' if s.get('dp_freeze_lora_a') else ''}"
-             ". Audit: {s['extraction_samples']} "
+             f". Audit: {s['extraction_samples']} "
              f"extraction windows (32-token prefix, 64 greedy tokens, hit = >= 50 leading tokens verbatim), "
              f"{s['mia_blocks']} member vs held-out blocks for the MIA AUC, {s['canary_candidates']} random "
              f"secrets for canary exposure (bits; log2|R| = 29.9). Held-out loss is on the MIA's held-out blocks.", "",
