@@ -45,8 +45,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--cost-n", default="4,16,64,256,1024", help="cost: numbers of experts")
     ap.add_argument("--cost-reps", type=int, default=1, help="cost: passes per N, order alternating; rows = medians")
     ap.add_argument("--fed-n", type=int, default=16, help="federated: owners (the first N experts of the order)")
-    ap.add_argument("--fed-rounds", type=int, default=2)
-    ap.add_argument("--fed-local-steps", type=int, default=4, help="federated: router steps per owner per round")
+    ap.add_argument("--fed-rounds", type=int, default=4)
+    ap.add_argument("--fed-local-steps", type=int, default=2, help="federated: router steps per owner per round "
+                    "(rounds x local steps x owners = central's step budget)")
     ap.add_argument("--fed-lr", type=float, default=1e-2)
     ap.add_argument("--fed-server-lr", type=float, default=None,
                     help="federated: server step on the mean update (default: the number of owners; 1 = FedAvg)")

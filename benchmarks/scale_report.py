@@ -89,8 +89,10 @@ def federated_target(f: dict | None) -> str:
             f"domain) untuned {f['untuned']['mean']}, federated {f['federated']['mean']}, central "
             f"{f['central']['mean']}: gains {f['federated_gain_nats']} and {f['central_gain_nats']} nats. "
             f"`{f.get('command')}`, load average {f.get('load_average_1min')}, {f.get('seconds')} s."
-            + "".join(f" Other run: N={o['owners']}, server step {o['server_lr']}: {o['gain_ratio']} ({o['date']}, "
-                      f"`{o['command']}`)." for o in f.get("other_runs", [])))
+            + "".join(f" Other run: N={o['owners']}, "
+                      + (f"{o['rounds']} rounds x {o['local_steps']} local steps, " if "rounds" in o else "")
+                      + f"server step {o['server_lr']}: {o['gain_ratio']} ({o['date']}, `{o['command']}`)."
+                      for o in f.get("other_runs", [])))
 
 
 def write_plots(results: dict, details: dict, out: Path) -> list[str]:
