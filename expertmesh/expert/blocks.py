@@ -49,4 +49,3 @@ MICRO_BATCH_TOKENS = 4096
 def micro_batches(ids: torch.Tensor) -> list[torch.Tensor]:
     step = max(1, MICRO_BATCH_TOKENS // ids.shape[1])
     return [ids[i:i + step] for i in range(0, len(ids), step)]
-

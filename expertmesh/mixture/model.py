@@ -109,7 +109,7 @@ class RouterState:
                                 allowed=self.allowed)
         wc = gate_weights(h, rows.index_select(-2, cols), top_k=self.top_k, temperature=self.temperature,
                           bias=self.bias[cols] if self.bias is not None else None, allowed=self.allowed[:, cols])
-        return wc.new_zeros(*wc.shape[:-1], rows.shape[0]).index_copy(-1, cols, wc)
+        return wc.new_zeros(*wc.shape[:-1], rows.shape[-2]).index_copy(-1, cols, wc)
 
     def _columns(self) -> torch.Tensor | None:
         """Entry indices any row may use (None: all of them), computed once per mask."""
