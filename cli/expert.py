@@ -45,7 +45,7 @@ def expert() -> None:
               help="DP per-sample clipping norm. Pick it below most per-sample gradient norms (for a fresh LoRA r=2 "
                    "on SmolLM2 they are ~0.2-0.9; BENCHMARKS.md used 0.1), or the noise outweighs what is clipped.")
 @click.option("--freeze-lora-a", is_flag=True,
-              help="FFA-LoRA: keep each A at its random init and train only B (half the values DP must noise).")
+              help="FFA-LoRA: keep each A at its random init and train only B (fewer values for DP to noise).")
 @click.option("--no-resume", is_flag=True, help="Ignore an earlier interrupted run's checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

@@ -47,7 +47,7 @@ class TrainConfig:
     dp_epsilon: float | None = None            # DP-SGD target epsilon (expert/dp.py); None = no DP
     dp_delta: float = 1e-5
     dp_clip: float = 1.0                       # per-sample L2 clipping norm over all trainable tensors
-    # False: FFA-LoRA, A stays at its random init and only B trains (half the LoRA values for DP-SGD to noise)
+    # False: FFA-LoRA, A stays at its random init and only B trains (fewer values for DP-SGD to noise)
     train_lora_a: bool = True
     resume: bool = True
     overwrite: bool = False
