@@ -61,6 +61,8 @@ def _args():
     ap.add_argument("--skip-secagg", action="store_true")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md and results.json alone")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train nothing: report the cached rows (a missing one is listed as not yet measured)")
     ap.add_argument("--section", default="privacy-bench",
                     help="BENCHMARKS.md section this run rewrites (another name adds a section beside the default)")
     ap.add_argument("--title", default="What leaves an owner", help="heading of that section")
@@ -132,7 +134,7 @@ def main() -> None:
         for d in args.domains:
             model = "expert" if eps == "inf" else f"expert-dp-eps{eps}"
             key = f"{d}/{model}"
-            if key in cache:
+            if key in cache or args.collect_only:
                 continue
             out = work / "experts" / f"{d}-{model}"
             cfg = TrainConfig(name=f"{d}-{model}"[:64], owner=f"{d}-owner", data=str(data[d]), out=str(out),
