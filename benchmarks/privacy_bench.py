@@ -34,6 +34,9 @@ def _args():
     ap.add_argument("--domains", nargs="+", default=["medicine", "law"])
     ap.add_argument("--epsilons", nargs="+", default=["inf", "8", "1"])
     ap.add_argument("--train-blocks", type=int, default=48, help="training set size, in blocks of --seq-len")
+    ap.add_argument("--corpus-docs", type=int, default=600,
+                    help="documents per domain corpus the training and held-out sets are cut from (raise it for "
+                         "large --train-blocks; a corpus already built under --work is kept)")
     ap.add_argument("--heldout-blocks", type=int, default=48)
     ap.add_argument("--steps", type=int, default=36)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -127,7 +130,7 @@ def main() -> None:
     for d in args.domains:
         full = work / "corpora" / d
         if not (full / "meta.json").is_file():
-            build_corpus(d, work / "corpora", max_docs=600)
+            build_corpus(d, work / "corpora", max_docs=args.corpus_docs)
         data[d] = _subset(full, work / "subsets" / d, base.tokenizer, args.train_blocks * args.seq_len,
                           (args.heldout_blocks + 8) * args.seq_len)
     for eps in args.epsilons:

