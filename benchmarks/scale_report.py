@@ -138,6 +138,17 @@ def write_plots(results: dict, details: dict, out: Path) -> list[str]:
     return made
 
 
+def family_top1(confusion: list[list[int]], members: list[str]) -> float:
+    """Mean over domains with queries of the share whose top-1 shares the domain's parent (``law.copyleft`` ->
+    ``law``); rows are domains, columns members, both in ``members`` order."""
+    import numpy as np
+
+    fam = np.array([m.split(".")[0] for m in members])
+    c = np.asarray(confusion, dtype=float)
+    shares = [c[i, fam == fam[i]].sum() / c[i].sum() for i in range(len(c)) if c[i].sum() > 0]
+    return round(float(np.mean(shares)), 4)
+
+
 def _fmt(v) -> str:
     return "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
@@ -209,6 +220,12 @@ def render(results: dict, details: dict, rel: str, out: Path = Path(".")) -> str
                   "`benchmarks/routing_rules.py`): " + "; ".join(
                       f"N={n}: " + ", ".join(f"{r} {x['top1']} / {x['top3']}" for r, x in rules.items())
                       for n, rules in sorted(by_rule, key=lambda kv: int(kv[0])))]
+    family = [(k[1:], family_top1(v["confusion"], v["members"])) for k, v in q.items()
+              if k.startswith("n") and isinstance(v, dict) and v.get("confusion") and v.get("members")]
+    if family:
+        lines += ["", "Family top-1 (the retriever's top-1 is an expert of the passage's own source: medicine, law, "
+                  "code, ...; mean over domains, from the confusion counts): " + ", ".join(
+                      f"N={n} {x}" for n, x in sorted(family, key=lambda kv: int(kv[0])))]
     extra = [(k, v) for k, v in q.items() if k.startswith("n") and isinstance(v, dict) and "retrieve_over_oracle" in v]
     if extra:
         lines += ["", "| N | retrieve/oracle | composed/uniform merge | oracle/base | uncovered Δ max (default) | "

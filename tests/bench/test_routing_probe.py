@@ -32,3 +32,13 @@ def test_side_by_side_features_score_the_mean_of_the_families_cosines(monkeypatc
     want = np.mean([q @ x.T for x, q in made.values()], axis=0)
     np.testing.assert_allclose((Q @ X.T).toarray(), want, atol=1e-12)
     np.testing.assert_allclose(np.asarray(X.multiply(X).sum(1)).ravel(), 1.0)
+
+
+def test_scale_report_family_top1_counts_a_neighbour_in_the_same_source():
+    from benchmarks.scale_report import family_top1
+
+    members = ["law.copyleft", "law.permissive", "code.json"]
+    confusion = [[1, 3, 0],     # law.copyleft: every top-1 in law
+                 [0, 2, 2],     # law.permissive: half in code
+                 [0, 0, 0]]     # code.json: no queries, left out of the mean
+    assert family_top1(confusion, members) == 0.75
