@@ -195,7 +195,8 @@ def main() -> None:
                     pairs[key] = pairs.get(key, 0) + 1
             confused = dict(sorted(pairs.items(), key=lambda kv: -kv[1])[:12])
     out = {"n_domains": n, "domains_with_queries": int(len(np.unique(qy))), "train_passages": int(X.shape[0]),
-           "queries": int(Q.shape[0]), "features": " + ".join(FEATURES[k] for k in args.features.split("+")), "methods": methods,
+           "queries": int(Q.shape[0]), "features": " + ".join(FEATURES[k] for k in args.features.split("+")),
+           "methods": methods,
            "logreg_C10_most_confused": confused, "seconds": round(time.perf_counter() - t0, 1),
            "load_average_1min": round(os.getloadavg()[0], 2),
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
